@@ -61,3 +61,10 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def write_csv(df, path: str | os.PathLike) -> Path:
+    """Write a pandas DataFrame as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp)
+    return Path(path)

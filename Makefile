@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine:
+#   make repro   set up .venv/ (if needed) and run the whole DVC pipeline
+#   make test    set up .venv/ (if needed) and run the unit tests and nbval over every notebook
+# `make bench` prints speed ratios measured side by side (see README).
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MPLBACKEND := Agg
+
+.PHONY: setup repro test unit nbval bench clean-venv
+
+setup: $(STAMP)
+
+# The pip: list of environment.yml is the single source of dependencies; PyYAML bootstraps reading it.
+$(STAMP): environment.yml pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip pyyaml
+	$(PY) tools/env_requirements.py environment.yml > $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet -r $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+repro: setup
+	test -d .git || git init -q
+	dvc repro
+
+test: setup
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider -q
+
+unit: setup
+	$(PY) -m pytest tests -q
+
+nbval: setup
+	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
+
+bench: setup
+	$(PY) -m scaleprotoseg.bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,341 @@
+"""Configuration: params.yaml → frozen dataclasses, with every key checked.
+
+params.yaml is the only place a number is written. `load_config(params, dataset, method)` resolves the
+`experiment` section, the dataset's preset (`presets.<dataset>`: data, model, eval and one training
+section per method) and returns a `RunConfig`. Unknown keys, missing keys, wrong types and out-of-range
+values raise `ConfigError` naming the full key (e.g. `presets.embedded.deeplab.steps`) and the fix.
+Below this module no function reads YAML, environment variables or the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+METHODS = ("deeplab",)
+DEVICES = ("auto", "cpu", "cuda")
+BACKBONES = ("resnet101", "small")
+OPTIMIZERS = ("sgd", "adam")
+
+
+# --------------------------------------------------------------------------------------------------------
+# dataclasses (one per params section)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the prepared dataset lives and how images are augmented and evaluated."""
+
+    crop: int  # training crop side (pixels)
+    scale_range: tuple[float, float]  # random rescale factor ~ U(lo, hi) before cropping
+    flip: bool  # random horizontal flip in training
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    eval_size: tuple[int, int] | None = None  # resize inputs to (H, W) for evaluation (Pascal: 513×513)
+    eval_short_side: int | None = None  # or resize the shorter side (ADE20K: 512); None = native size
+    num_workers: int = 0
+
+    def check(self, where: str) -> None:
+        _positive(self.crop, f"{where}.crop")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"{where}.scale_range must be [lo, hi] with 0 < lo <= hi, got {list(self.scale_range)}.")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"{where}.std must be positive, got {list(self.std)}.")
+        if self.eval_size is not None and min(self.eval_size) <= 0:
+            raise ConfigError(f"{where}.eval_size must be null or two positive ints, got {self.eval_size}.")
+        if self.eval_size is not None and self.eval_short_side is not None:
+            raise ConfigError(f"{where}: set at most one of eval_size and eval_short_side.")
+        if self.eval_short_side is not None:
+            _positive(self.eval_short_side, f"{where}.eval_short_side")
+        _non_negative(self.num_workers, f"{where}.num_workers")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and ASPP. `resnet101` is the paper's DeepLab-v2 trunk; `small` is the CPU default."""
+
+    backbone: str
+    width: int  # channels of the first stage of the `small` backbone (ignored by resnet101)
+    pretrained: bool  # ImageNet weights for resnet101 (needs a download or pretrained_path)
+    pretrained_path: str | None
+    aspp_rates: tuple[int, ...]
+    freeze_bn: bool  # BatchNorm frozen to its (ImageNet) statistics, as in the paper
+    msc_scales: tuple[float, ...] = ()  # extra input scales for multi-scale inputs (Pascal: 0.5, 0.75)
+
+    def check(self, where: str) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"{where}.backbone is {self.backbone!r}; choose one of {list(BACKBONES)}.")
+        _positive(self.width, f"{where}.width")
+        if not self.aspp_rates or any(r <= 0 for r in self.aspp_rates):
+            raise ConfigError(f"{where}.aspp_rates must be a non-empty list of positive ints, got {self.aspp_rates}.")
+        if any(not 0 < s < 1 for s in self.msc_scales):
+            raise ConfigError(f"{where}.msc_scales must lie in (0, 1), got {list(self.msc_scales)}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One supervised training schedule (DeepLab). Steps count mini-batches, as the paper's configs do."""
+
+    steps: int
+    batch_size: int
+    accumulation: int  # optimiser update every `accumulation` mini-batches
+    optimizer: str  # sgd | adam
+    lr: float  # trunk learning rate
+    head_lr_mult: float  # ASPP learning rate = lr × this (DeepLab's 10×)
+    weight_decay: float
+    momentum: float  # SGD only
+    poly_power: float  # lr_t = lr·(1 − t/T)^power over optimiser updates; 0 = constant
+    log_every: int
+    checkpoint_every: int  # resume checkpoint every N mini-batches
+    val_every: int  # validation mIoU every N mini-batches; 0 = only at the end
+    val_images: int  # how many validation images the in-training validation uses (0 = all)
+
+    def check(self, where: str) -> None:
+        _positive(self.steps, f"{where}.steps")
+        _positive(self.batch_size, f"{where}.batch_size")
+        _positive(self.accumulation, f"{where}.accumulation")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"{where}.optimizer is {self.optimizer!r}; choose one of {list(OPTIMIZERS)}.")
+        _positive(self.lr, f"{where}.lr")
+        _positive(self.head_lr_mult, f"{where}.head_lr_mult")
+        _non_negative(self.weight_decay, f"{where}.weight_decay")
+        _non_negative(self.momentum, f"{where}.momentum")
+        _non_negative(self.poly_power, f"{where}.poly_power")
+        _positive(self.log_every, f"{where}.log_every")
+        _positive(self.checkpoint_every, f"{where}.checkpoint_every")
+        _non_negative(self.val_every, f"{where}.val_every")
+        _non_negative(self.val_images, f"{where}.val_images")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int
+    n_examples: int  # predictions shown beside ground truth in the evaluation report
+    max_images: int  # 0 = the whole validation split
+
+    def check(self, where: str) -> None:
+        _positive(self.batch_size, f"{where}.batch_size")
+        _non_negative(self.n_examples, f"{where}.n_examples")
+        _non_negative(self.max_images, f"{where}.max_images")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one method's stages need, resolved from params.yaml."""
+
+    dataset: str
+    method: str
+    seed: int
+    device: str
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    extra: dict = field(default_factory=dict)  # the dataset's generator section (embedded), for checks
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none), to tell whether a resume state matches."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "RunConfig":
+        """Rebuild from `to_dict()` output (as stored in checkpoints)."""
+        return RunConfig(
+            dataset=d["dataset"],
+            method=d["method"],
+            seed=d["seed"],
+            device=d["device"],
+            data=_build(DataConfig, d["data"], "data"),
+            model=_build(ModelConfig, d["model"], "model"),
+            train=_build(TrainConfig, d["train"], "train"),
+            eval=_build(EvalConfig, d["eval"], "eval"),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# loading
+
+
+def read_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; run from the repository root or pass params_path.")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections.")
+    return params
+
+
+def set_key(params: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c = value` in a nested dict (as `dvc exp run -S a.b.c=value` does)."""
+    node = params
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            raise ConfigError(f"Override {dotted!r}: {k!r} is not a section of params.yaml.")
+        node = node[k]
+    if keys[-1] not in node:
+        raise ConfigError(f"Override {dotted!r}: no key {keys[-1]!r}; valid: {sorted(node)}.")
+    node[keys[-1]] = value
+
+
+def load_config(
+    params: str | Path | Mapping[str, Any],
+    dataset: str | None = None,
+    method: str = "deeplab",
+    overrides: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve params.yaml (path or already-loaded dict) for one dataset and method."""
+    params = copy.deepcopy(dict(params)) if isinstance(params, Mapping) else read_params(params)
+    for key, value in (overrides or {}).items():
+        set_key(params, key, value)
+    exp = _section(params, "experiment")
+    dataset = dataset or exp.get("dataset")
+    presets = _section(params, "presets")
+    if dataset not in presets:
+        raise ConfigError(
+            f"Unknown dataset {dataset!r} (experiment.dataset); presets exist for {sorted(presets)}."
+        )
+    if method not in METHODS:
+        raise ConfigError(f"Unknown method {method!r} (experiment.methods); valid methods: {list(METHODS)}.")
+    _check_keys(exp, {"dataset", "methods", "seed", "device"}, "experiment")
+    methods = exp["methods"]
+    if not isinstance(methods, list) or not methods or any(m not in METHODS for m in methods):
+        raise ConfigError(f"experiment.methods must be a non-empty list drawn from {list(METHODS)}, got {methods!r}.")
+    seed = _typed(exp["seed"], int, "experiment.seed")
+    device = exp["device"]
+    if device not in DEVICES:
+        raise ConfigError(f"experiment.device is {device!r}; choose one of {list(DEVICES)}.")
+
+    where = f"presets.{dataset}"
+    preset = _section(presets, dataset, where)
+    _check_keys(preset, {"data", "model", "eval", *METHODS}, where, required={"data", "model", "eval", method})
+    cfg = RunConfig(
+        dataset=dataset,
+        method=method,
+        seed=seed,
+        device=device,
+        data=_build(DataConfig, preset["data"], f"{where}.data"),
+        model=_build(ModelConfig, preset["model"], f"{where}.model"),
+        train=_build(TrainConfig, preset[method], f"{where}.{method}"),
+        eval=_build(EvalConfig, preset["eval"], f"{where}.eval"),
+        extra=dict(params.get(dataset, {}) or {}),
+    )
+    for name in ("data", "model", "train", "eval"):
+        key = {"train": method}.get(name, name)
+        getattr(cfg, name).check(f"{where}.{key}")
+    _check_crop_fits(cfg, where)
+    return cfg
+
+
+def _check_crop_fits(cfg: RunConfig, where: str) -> None:
+    """For the embedded dataset the image size is a parameter: a crop larger than it is a mistake."""
+    size = cfg.extra.get("image_size")
+    if cfg.dataset == "embedded" and isinstance(size, int):
+        if cfg.data.crop > size:
+            raise ConfigError(
+                f"{where}.data.crop ({cfg.data.crop}) is larger than the embedded images allow "
+                f"({size} px, embedded.image_size); lower the crop or raise the image size."
+            )
+
+
+# --------------------------------------------------------------------------------------------------------
+# typed construction with clear errors
+
+
+def _section(parent: Mapping, key: str, where: str | None = None) -> dict:
+    where = where or key
+    if key not in parent:
+        raise ConfigError(f"params.yaml has no section {where!r}.")
+    value = parent[key]
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}.")
+    return value
+
+
+def _check_keys(d: Mapping, valid: set[str], where: str, required: set[str] | None = None) -> None:
+    unknown = set(d) - valid
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}.")
+    missing = (valid if required is None else required) - set(d)
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {sorted(missing)}; add them to params.yaml.")
+
+
+def _typed(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against a simple annotation (int, float, bool, str, tuple[...], X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}.")
+        return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def _build(cls: type, d: Any, where: str):
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {d!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = {n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    _check_keys(d, set(fields), where, required=required)
+    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in d.items()})
+
+
+def _positive(value: float, where: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"{where} must be > 0, got {value!r}.")
+
+
+def _non_negative(value: float, where: str) -> None:
+    if value < 0:
+        raise ConfigError(f"{where} must be >= 0, got {value!r}.")

@@ -1,0 +1,1 @@
+"""Metrics: segmentation (confusion matrix, mIoU) and, later, interpretability."""

@@ -1,0 +1,426 @@
+"""One function per pipeline stage; the notebooks are thin calls to these.
+
+Each stage notebook has a `smoke` parameter. `smoke=True` (the notebook's default, what nbval runs)
+shrinks every size through `SMOKE_OVERRIDES`, rebases every path into a fresh temporary folder and builds
+the upstream artifacts the stage needs there, so a notebook runs on its own in seconds and never touches
+pipeline outputs. `dvc.yaml` passes `smoke=False` and the real paths.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import plots
+from .config import RunConfig, load_config, read_params, set_key
+from .data.loader import eval_loader, train_loader
+from .data.prepared import PreparedDataset, read_meta
+from .data.synthetic import SyntheticSpec, generate
+from .errors import ArtifactError, ConfigError
+from .evaluation import evaluate
+from .io import atomic_path, read_json, write_csv, write_json
+from .losses import msc_mean, pixel_cross_entropy
+from .metrics.segmentation import iou_from_confusion, summarise
+from .models.segmenter import build_model
+from .paths import repo_root
+from .training.checkpoint import load_checkpoint, save_checkpoint
+from .training.loop import clear_resume, make_optimizer, resolve_device, run_phase
+
+SMOKE_OVERRIDES = {
+    "experiment.dataset": "embedded",
+    "embedded.image_size": 48,
+    "embedded.n_train": 6,
+    "embedded.n_val": 3,
+    "embedded.max_objects": 2,
+    "presets.embedded.data.crop": 40,
+    "presets.embedded.model.width": 8,
+    "presets.embedded.deeplab.steps": 2,
+    "presets.embedded.deeplab.batch_size": 2,
+    "presets.embedded.deeplab.log_every": 1,
+    "presets.embedded.deeplab.checkpoint_every": 1,
+    "presets.embedded.deeplab.val_every": 0,
+    "presets.embedded.eval.n_examples": 2,
+}
+
+
+def resolve(path: str | Path) -> Path:
+    """Paths in params.yaml and dvc.yaml are relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else repo_root() / path
+
+
+def load_params(params_path: str | Path, smoke: bool) -> dict:
+    params = read_params(resolve(params_path))
+    if smoke:
+        for key, value in SMOKE_OVERRIDES.items():
+            set_key(params, key, value)
+    return params
+
+
+# --------------------------------------------------------------------------------------------------------
+# stage context
+
+# The folder layout shared by dvc.yaml, the notebooks' defaults and smoke runs (relative to a root).
+LAYOUT = {
+    "prepared": "artifacts/prepared/{dataset}",
+    "train": "artifacts/train/{method}",
+    "project": "artifacts/project/{method}",
+    "train_reports": "reports/train/{method}",
+    "evaluate_reports": "reports/evaluate/{method}",
+    "interpret_reports": "reports/interpret/{method}",
+}
+
+
+def layout(key: str, dataset: str = "embedded", method: str = "deeplab") -> str:
+    return LAYOUT[key].format(dataset=dataset, method=method)
+
+
+@dataclass
+class Stage:
+    """What a stage notebook works with: the resolved config and its folders (absolute paths)."""
+
+    cfg: RunConfig
+    params: dict
+    paths: dict[str, Path]
+    root: Path
+    smoke: bool
+
+    def describe(self) -> pd.DataFrame:
+        """The resolved configuration as a two-column table, for the notebook record."""
+        flat = pd.json_normalize(self.cfg.to_dict(), sep=".").T.reset_index()
+        flat.columns = ["key", "value"]
+        flat["value"] = flat["value"].astype(str)
+        return flat.set_index("key")
+
+
+def stage(name: str, *, smoke: bool, params_path: str = "params.yaml", dataset: str | None = None,
+          method: str = "deeplab", paths: dict[str, str] | None = None) -> Stage:
+    """Resolve the config and folders of stage `name`.
+
+    `paths` are relative to the repository root; with `smoke=True` they are rebased into a fresh temporary
+    folder, every size shrinks (SMOKE_OVERRIDES) and the upstream artifacts of the stage are built there.
+    """
+    params = load_params(params_path, smoke)
+    cfg = load_config(params, dataset=dataset, method=method)
+    root = Path(tempfile.mkdtemp(prefix=f"scaleprotoseg-smoke-{name}-")) if smoke else repo_root()
+    resolved = {k: (Path(v) if Path(v).is_absolute() else root / v) for k, v in (paths or {}).items()}
+    if smoke:
+        _smoke_inputs(name, cfg, params, root)
+    return Stage(cfg, params, resolved, root, smoke)
+
+
+def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
+    """Build, under `root`, what stage `name` reads, with the same layout as the real pipeline."""
+    if name == "prepare":
+        return
+    p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
+    prepare_dataset(params, cfg.dataset, p["prepared"])
+    if name in ("project", "evaluate", "interpret", "report"):
+        train(cfg, p["prepared"], p["train"], p["train_reports"], progress=False)
+    if name in ("evaluate", "interpret", "report"):
+        project(cfg, p["train"], p["project"])
+    if name in ("interpret", "report"):
+        evaluate_stage(cfg, p["prepared"], p["train"], p["project"], p["evaluate_reports"], progress=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# 10 prepare
+
+
+def synthetic_spec(params: dict) -> SyntheticSpec:
+    section = params.get("embedded")
+    if not isinstance(section, dict):
+        raise ConfigError("params.yaml has no 'embedded' section (the embedded dataset's generator settings).")
+    valid = set(SyntheticSpec.__dataclass_fields__)
+    unknown = set(section) - valid
+    if unknown:
+        raise ConfigError(f"embedded: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}.")
+    for key, value in section.items():
+        expected = type(getattr(SyntheticSpec(), key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (expected is int and not isinstance(value, int)):
+            raise ConfigError(f"embedded.{key} must be {'an integer' if expected is int else 'a number'}, got {value!r}.")
+    return SyntheticSpec(**section)
+
+
+def prepare_dataset(params: dict, dataset: str, root: Path):
+    """Write the prepared dataset for `dataset` under `root` (atomically); return its meta."""
+    if dataset == "embedded":
+        return generate(synthetic_spec(params), root)
+    raise ConfigError(
+        f"No preparation for dataset {dataset!r} yet; the real-dataset loaders come with their own issue. "
+        "Set experiment.dataset to embedded."
+    )
+
+
+def dataset_preview(root: Path, split: str = "train", n: int = 6, seed: int = 0):
+    """A grid of `n` seeded samples with their class and part masks."""
+    ds = PreparedDataset(root, split)
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False))
+    images = [ds.image(i) for i in idx]
+    labels = [ds.label(i) for i in idx]
+    parts = [ds.parts(i) for i in idx] if ds.meta.has_parts else None
+    return plots.dataset_grid(images, labels, parts, ds.meta.classes, titles=[ds.ids[i] for i in idx])
+
+
+def dataset_summary(root: Path) -> pd.DataFrame:
+    """Per split and class: images containing the class and its share of non-void pixels."""
+    meta = read_meta(root)
+    rows = []
+    for split in meta.splits:
+        ds = PreparedDataset(root, split)
+        counts = np.zeros(meta.num_classes, np.int64)
+        present = np.zeros(meta.num_classes, np.int64)
+        for i in range(len(ds)):
+            c = np.bincount(ds.label(i).ravel(), minlength=256)[: meta.num_classes]
+            counts += c
+            present += c > 0
+        total = counts.sum()
+        for k, name in enumerate(meta.classes):
+            rows.append({"split": split, "class": name, "images": int(present[k]), "pixel_%": round(100 * counts[k] / max(total, 1), 2)})
+    return pd.DataFrame(rows).pivot(index="class", columns="split").reindex(meta.classes)
+
+
+# --------------------------------------------------------------------------------------------------------
+# 20 train
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class LiveLogger:
+    """Curves to DVCLive (metrics.json + plots/metrics/*.tsv) so `dvc plots` and `dvc exp show` read them."""
+
+    def __init__(self, directory: Path, resume: bool):
+        from dvclive import Live
+
+        self.live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        self.live.step = step
+        for k, v in metrics.items():
+            self.live.log_metric(k, float(v))
+        self.live.make_summary()
+
+    def end(self) -> None:
+        self.live.end()
+
+
+def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,
+          interrupt_at: int | None = None) -> dict:
+    """Train `cfg.method`; write `out_dir/model.pt` (the phase-end checkpoint) and curves under report_dir."""
+    if cfg.method != "deeplab":
+        raise ConfigError(f"Training for method {cfg.method!r} is not available yet.")
+    out_dir, report_dir = Path(out_dir), Path(report_dir)
+    meta = read_meta(data_root)
+    device = resolve_device(cfg.device)
+    _seed_everything(cfg.seed)
+    model = build_model(cfg.method, cfg.model, meta.num_classes).to(device)
+    t = cfg.train
+    groups = model.param_groups()
+    optimizer = make_optimizer(
+        t.optimizer,
+        [{"params": groups["trunk"], "lr": t.lr}, {"params": groups["head"], "lr": t.lr * t.head_lr_mult}],
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+    )
+    resume_path = out_dir / "resume.pt"
+    fingerprint = cfg.fingerprint("dataset", "method", "seed", "data", "model", "train")
+    resuming = resume_path.is_file() and torch.load(resume_path, weights_only=True).get("fingerprint") == fingerprint
+    logger = LiveLogger(report_dir / "dvclive", resume=resuming)
+    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, t.val_images)
+
+    def validate(step: int) -> dict:
+        res = evaluate(model, val, meta.num_classes, device, progress=False)
+        return {"val/miou": iou_from_confusion(res.confusion)[1]}
+
+    def loss_fn(m, images, labels):
+        return msc_mean(pixel_cross_entropy, m(images), labels)
+
+    result = run_phase(
+        model,
+        phase="train",
+        steps=t.steps,
+        accumulation=t.accumulation,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        make_loader=lambda start: train_loader(data_root, "train", cfg.data, t.batch_size, t.steps, cfg.seed, start),
+        device=device,
+        resume_path=resume_path,
+        fingerprint=fingerprint,
+        poly_power=t.poly_power,
+        log_every=t.log_every,
+        checkpoint_every=t.checkpoint_every,
+        logger=logger,
+        validate=validate,
+        val_every=t.val_every,
+        interrupt_at=interrupt_at,
+        progress=progress,
+    )
+    logger.end()
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="train", step=t.steps, classes=list(meta.classes))
+    clear_resume(resume_path)
+    summary = {
+        "method": cfg.method,
+        "steps": t.steps,
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 2),
+        "last_loss": result.last_loss,
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    write_json(out_dir / "train_summary.json", summary)
+    return summary
+
+
+def load_model(checkpoint: str | Path, device="cpu"):
+    """Rebuild a trained model from its checkpoint alone (never downloads weights)."""
+    payload = load_checkpoint(checkpoint)
+    cfg = RunConfig.from_dict(payload["config"])
+    model_cfg = type(cfg.model)(**{**cfg.model.__dict__, "pretrained": False})
+    model = build_model(cfg.method, model_cfg, len(payload["classes"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), cfg, payload
+
+
+def read_curves(dvclive_dir: Path) -> dict[str, pd.DataFrame]:
+    """DVCLive's step-wise TSV files as DataFrames, keyed by metric name (e.g. train/loss)."""
+    base = Path(dvclive_dir) / "plots" / "metrics"
+    return {str(p.relative_to(base).with_suffix("")): pd.read_csv(p, sep="\t") for p in sorted(base.rglob("*.tsv"))}
+
+
+# --------------------------------------------------------------------------------------------------------
+# 30 project
+
+
+def project(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
+    """Prototype projection (push). DeepLab has no prototypes: record that and pass its model through."""
+    train_dir, out_dir = Path(train_dir), Path(out_dir)
+    if not (train_dir / "model.pt").is_file():
+        raise ArtifactError(f"{train_dir / 'model.pt'} not found; run the training stage first (`dvc repro train@{cfg.method}`).")
+    if cfg.method == "deeplab":
+        info = {"method": cfg.method, "prototypes": 0, "projected": False,
+                "note": "deeplab is the black-box baseline: it has no prototypes to project; evaluation uses the trained model."}
+    else:
+        raise ConfigError(f"Projection for method {cfg.method!r} is not available yet.")
+    write_json(out_dir / "projection.json", info)
+    return info
+
+
+def final_checkpoint(train_dir: Path, project_dir: Path) -> Path:
+    """The model a method is evaluated with: the projected one when projection produced it."""
+    projected = Path(project_dir) / "model.pt"
+    return projected if projected.is_file() else Path(train_dir) / "model.pt"
+
+
+# --------------------------------------------------------------------------------------------------------
+# 40 evaluate
+
+
+def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:
+    """Whole-image mIoU on the validation split; metrics JSON, per-class table and figures."""
+    report_dir = Path(report_dir)
+    device = resolve_device(cfg.device)
+    model, _, payload = load_model(final_checkpoint(train_dir, project_dir), device)
+    meta = read_meta(data_root)
+    if tuple(payload["classes"]) != meta.classes:
+        raise ArtifactError(f"The checkpoint's classes {payload['classes']} differ from {data_root}'s; re-run training.")
+    loader = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, cfg.eval.max_images)
+    n = len(loader.dataset)
+    rng = np.random.default_rng([cfg.seed, 40])
+    keep = np.sort(rng.choice(n, size=min(cfg.eval.n_examples, n), replace=False))
+    t0 = time.perf_counter()
+    res = evaluate(model, loader, meta.num_classes, device, keep=keep, progress=progress)
+    metrics = summarise(res.confusion, meta.classes)
+    metrics["images"] = res.n_images
+    write_json(report_dir / "metrics.json", metrics)
+    table = per_class_table(metrics)
+    write_csv(table, report_dir / "per_class_iou.csv")
+    write_csv(pd.DataFrame(res.confusion, index=meta.classes, columns=meta.classes), report_dir / "confusion.csv")
+    plots.save_figure(plots.confusion_figure(res.confusion, meta.classes, f"{cfg.method}: confusion matrix (row-normalised, %)"), report_dir / "confusion.png")
+    if len(keep):
+        ds = PreparedDataset(data_root, "val")
+        fig = plots.predictions_figure([ds.image(i) for i in keep], [ds.label(i) for i in keep], [res.examples[i] for i in keep],
+                                       meta.classes, titles=[ds.ids[i] for i in keep])
+        plots.save_figure(fig, report_dir / "predictions.png")
+    return {"metrics": metrics, "table": table, "seconds": time.perf_counter() - t0}
+
+
+def per_class_table(metrics: dict) -> pd.DataFrame:
+    return pd.DataFrame({"IoU %": metrics["iou"]}).rename_axis("class")
+
+
+# --------------------------------------------------------------------------------------------------------
+# 50 interpret
+
+
+def interpret(cfg: RunConfig, report_dir: Path) -> dict:
+    """Interpretability metrics and figures; black-box deeplab has none."""
+    info = {"method": cfg.method, "interpretable": cfg.method != "deeplab"}
+    if cfg.method == "deeplab":
+        info["note"] = ("deeplab is the black-box baseline: no prototypes, so no consistency, stability, sparsity, "
+                        "overlap or prototype figures. The prototype methods fill this stage.")
+    write_json(Path(report_dir) / "interpretability.json", info)
+    return info
+
+
+# --------------------------------------------------------------------------------------------------------
+# 60 report
+
+
+def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Path, train_dir: Path) -> dict:
+    """Gather every method's metrics, timings and curves for the final report."""
+    rows, iou, curves = [], {}, {}
+    for m in methods:
+        path = Path(evaluate_dir) / m / "metrics.json"
+        if not path.is_file():
+            raise ArtifactError(f"{path} not found; run the evaluation stage (`dvc repro evaluate@{m}`).")
+        met = read_json(path)
+        summ_path = Path(train_dir) / m / "train_summary.json"
+        summ = read_json(summ_path) if summ_path.is_file() else {}
+        rows.append({"method": m, "mIoU %": met["miou"], "pixel acc. %": met["pixel_accuracy"],
+                     "train steps": summ.get("steps"), "train s": summ.get("seconds"), "parameters": summ.get("parameters")})
+        iou[m] = met["iou"]
+        curves[m] = read_curves(Path(train_report_dir) / m / "dvclive")
+    return {"table": pd.DataFrame(rows).set_index("method"), "iou": pd.DataFrame(iou), "curves": curves}
+
+
+def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
+    out_dir = Path(out_dir)
+    table = results["table"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(table, out_dir / "results.csv")
+    with atomic_path(out_dir / "results.md") as tmp:
+        tmp.write_text(f"# Results on `{dataset}`\n\n{table.to_markdown()}\n")
+    plots.save_figure(plots.per_class_iou_figure(results["iou"]), out_dir / "per_class_iou.png")
+    plots.save_figure(plots.curves_figure(results["curves"]), out_dir / "training_curves.png")
+    return {"methods": list(table.index), "best": str(table["mIoU %"].idxmax())}
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+def show(path: str | Path):
+    """Display a saved PNG in a notebook (figures are drawn from saved artifacts)."""
+    from IPython.display import Image
+
+    return Image(filename=str(path))
+
+
+def model_summary(cfg: RunConfig, data_root: Path) -> pd.DataFrame:
+    """Parameter counts of the method's model per optimiser group (built without downloading weights)."""
+    meta = read_meta(data_root)
+    model_cfg = type(cfg.model)(**{**cfg.model.__dict__, "pretrained": False})
+    model = build_model(cfg.method, model_cfg, meta.num_classes)
+    rows = {g: sum(p.numel() for p in ps) for g, ps in model.param_groups().items()}
+    rows["total (incl. frozen)"] = sum(p.numel() for p in model.parameters())
+    return pd.DataFrame({"parameters": rows})

@@ -1,0 +1,134 @@
+"""Every figure of the reports: plain data in, a matplotlib Figure out. Nothing here shows or saves."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+VOID_COLOUR = (0.0, 0.0, 0.0)
+
+
+def class_palette(n: int) -> np.ndarray:
+    """n distinct RGB colours in [0, 1] (background first, a neutral grey)."""
+    base = sns.color_palette("tab10" if n <= 10 else "tab20", n_colors=max(n, 1))
+    pal = np.array(base[:n], dtype=float)
+    if n:
+        pal[0] = (0.75, 0.75, 0.75)
+    return pal
+
+
+def colourise(label: np.ndarray, n_classes: int, void: int = 255) -> np.ndarray:
+    """Label map → RGB image; void pixels black."""
+    pal = np.vstack([class_palette(n_classes), np.zeros((256 - n_classes, 3))])
+    rgb = pal[np.clip(label, 0, 255)]
+    rgb[label == void] = VOID_COLOUR
+    return rgb
+
+
+def _legend(ax, names, n):
+    pal = class_palette(n)
+    handles = [Patch(color=pal[i], label=names[i]) for i in range(n)] + [Patch(color=VOID_COLOUR, label="void")]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+
+
+def dataset_grid(images, labels, parts, class_names, part_names=None, titles=None):
+    """Rows: image, class mask, part mask (parts shown per class with their local index)."""
+    n = len(images)
+    rows = 3 if parts is not None else 2
+    fig, axes = plt.subplots(rows, n, figsize=(2.2 * n + 1.6, 2.2 * rows), squeeze=False)
+    k = len(class_names)
+    for j in range(n):
+        axes[0, j].imshow(images[j])
+        axes[0, j].set_title(titles[j] if titles else f"sample {j}", fontsize=8)
+        axes[1, j].imshow(colourise(labels[j], k), interpolation="nearest")
+        if parts is not None:
+            axes[2, j].imshow(np.ma.masked_equal(parts[j], 0), cmap="Set1", vmin=1, vmax=9, interpolation="nearest")
+            axes[2, j].set_facecolor("white")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0, 0].set_ylabel("image")
+    axes[1, 0].set_ylabel("classes")
+    if parts is not None:
+        axes[2, 0].set_ylabel("parts (index within class)")
+    _legend(axes[1, -1], class_names, k)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, class_names, title: str = "Confusion matrix (row-normalised, %)"):
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(100 * cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = 1.2 + 0.55 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    sns.heatmap(norm, annot=len(class_names) <= 25, fmt=".0f", cmap="Blues", vmin=0, vmax=100,
+                xticklabels=class_names, yticklabels=class_names, ax=ax, cbar_kws={"label": "% of ground-truth pixels"})
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("ground-truth class")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def predictions_figure(images, labels, preds, class_names, titles=None):
+    """Columns: image, ground truth, prediction — one row per example."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(8.5, 2.6 * n), squeeze=False)
+    k = len(class_names)
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        axes[i, 1].imshow(colourise(labels[i], k), interpolation="nearest")
+        axes[i, 2].imshow(colourise(preds[i], k), interpolation="nearest")
+        axes[i, 0].set_ylabel(titles[i] if titles else f"example {i}", fontsize=8)
+    for ax, t in zip(axes[0], ("image", "ground truth", "prediction")):
+        ax.set_title(t)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    _legend(axes[0, 2], class_names, k)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_iou_figure(table, title="Per-class IoU (%)"):
+    """`table`: DataFrame with index = class names and one column per method."""
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(table.index) * max(1, len(table.columns)) ** 0.5, 3.4))
+    table.plot.bar(ax=ax, width=0.8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(title="method", fontsize=8)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: dict, title="Training curves"):
+    """`curves`: {method: {metric: DataFrame(step, value)}} → one panel per metric."""
+    metrics = sorted({m for c in curves.values() for m in c})
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method, c in curves.items():
+            if metric in c:
+                df = c[metric]
+                ax.plot(df["step"], df[df.columns[-1]], label=method)
+        ax.set_title(metric)
+        ax.set_xlabel("mini-batch step")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    """Save atomically as PNG (the only file-writing helper here) and close the figure."""
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
