@@ -27,7 +27,7 @@ def rescale(image: np.ndarray, label: np.ndarray | None, factor: float):
 
 def normalise(image: np.ndarray, mean, std) -> torch.Tensor:
     """uint8 HxWx3 → float CxHxW, scaled to [0, 1] then standardised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(std, dtype=torch.float32)[:, None, None]
     return (x - mean) / std

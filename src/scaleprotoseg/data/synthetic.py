@@ -1,0 +1,442 @@
+"""The embedded default dataset: textured toy scenes generated deterministically from a seed.
+
+A fresh clone has no real dataset, so the pipeline generates this one in seconds (a smoke test and a
+teaching set, never compared with the paper). Every image is a pure function of
+`(spec.seed, split, index)`. Each property exists to make one aspect of ScaleProtoSeg measurable:
+
+* **Classes and parts.** Scenes hold 2-4 objects of five classes (`house`, `tree`, `car`, `tower`,
+  `bridge`) on a background (`background`, class 0). Each object is built from 2-3 named parts
+  (`PARTS`; a car's two wheels are one part with two connected components), and every image comes
+  with a part-id mask, so part-based interpretability metrics (do prototypes fire on one part?) are
+  exact rather than approximated.
+* **Scale.** Object sizes are drawn log-uniformly over a factor `max_scale / min_scale` (4x by
+  default) of a base size, so the same class appears at very different scales, which is what
+  multi-scale prototypes are for. Texture grain grows with the object (`sqrt(scale)`), as in photos.
+* **Context pair.** `tower` and `bridge` are made of the *same* two parts with the *same* textures
+  (`end`, `middle`: three square blocks end/middle/end), stacked vertically (tower) or in a row
+  (bridge). Locally, within one block, they are identical; only the larger-scale arrangement tells them
+  apart, so a model that looks only locally must confuse them.
+* **Real textures.** Backgrounds and parts are cut from photographs bundled inside scikit-image (read
+  from the package's own data folder, never downloaded; see `TEXTURES`), tinted where the source is
+  grayscale, and randomly cropped, rescaled, flipped and colour-jittered per instance. Background
+  textures (sky, ground) are never used by an object part.
+* **Void band.** As Pascal VOC's 255 border, a band of `void_width` pixels along each object's
+  outline (inside the object, against the background or another object) is labelled 255 = void and
+  has no part. Part boundaries inside an object are not void.
+
+Labels are uint8 class indices (0 = background, 255 = void); parts are uint8 local part indices
+(position + 1 in `PARTS[class]`), 0 on background and void. `generate` writes the prepared on-disk
+format of `scaleprotoseg.data.prepared`.
+
+Objects are placed one after another, later ones on top, only where every earlier object keeps at
+least `MIN_VISIBLE` of its area; label and part masks describe what is visible.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.transform import resize
+
+from ..errors import ConfigError, DataError
+from .prepared import VOID, DatasetMeta, write_prepared
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    seed: int = 0
+    image_size: int = 128  # square images, pixels
+    n_train: int = 200
+    n_val: int = 50
+    n_project: int = 0  # 0 = projection split is the whole train split; else the first n_project train ids
+    min_objects: int = 2
+    max_objects: int = 4
+    min_scale: float = 0.5  # object size factor relative to a base size, log-uniform in [min_scale, max_scale]
+    max_scale: float = 2.0  # max/min must be >= 4 by default
+    void_width: int = 1  # pixels of void band at object boundaries; 0 disables
+
+
+CLASSES: tuple[str, ...] = ("background", "house", "tree", "car", "tower", "bridge")
+PARTS: dict[str, tuple[str, ...]] = {
+    "house": ("wall", "roof", "door"),
+    "tree": ("trunk", "crown"),
+    "car": ("body", "window", "wheel"),
+    "tower": ("end", "middle"),
+    "bridge": ("end", "middle"),
+}
+CONTEXT_PAIR: tuple[str, str] = ("tower", "bridge")  # same parts and textures, different arrangement
+
+BASE_SIZE = 0.28  # long side of an object at scale 1, as a fraction of the image size
+MIN_SIDE = 9  # px: the smallest long side drawn (only binds for image sizes well below 128)
+MAX_SIDE = 0.9  # fraction of the image size: the largest long side drawn
+MIN_VISIBLE = 0.6  # fraction of its own area every object keeps visible after later objects are drawn
+SPLIT_CODES = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class Texture:
+    """A texture source: a bundled scikit-image picture, tinted (grayscale) or used as is (colour)."""
+
+    file: str  # file name in skimage's data folder
+    tints: tuple[tuple[float, float, float], ...] = ()  # empty: colour source used as is
+    contrast: float = 0.35  # tinted sources: shade = 1 + contrast * standardised gray value
+    zoom: float = 0.5  # output pixels per source pixel at scale 1
+    rows: tuple[float, float] = (0.0, 1.0)  # vertical band of the source that crops come from
+
+
+TEXTURES: dict[str, Texture] = {
+    # Backgrounds only.
+    "sky": Texture("moon.png", ((0.60, 0.74, 0.93), (0.72, 0.80, 0.90), (0.55, 0.66, 0.82)), 0.4, 0.5),
+    "ground": Texture("gravel.png", ((0.76, 0.66, 0.47), (0.60, 0.56, 0.52), (0.66, 0.62, 0.46)), 0.4, 0.5),
+    # Object parts.
+    "brick": Texture("brick.png", ((0.86, 0.46, 0.34), (0.92, 0.85, 0.70)), 0.35, 0.4),
+    "tiles": Texture("coins.png", ((0.62, 0.20, 0.15), (0.36, 0.38, 0.48)), 0.45, 0.6),
+    "wood": Texture("coffee.png", zoom=0.6, rows=(0.0, 0.35)),
+    "bark": Texture("chelsea.png", ((0.48, 0.32, 0.18), (0.40, 0.30, 0.22)), 0.5, 0.7),
+    "foliage": Texture("grass.png", ((0.20, 0.50, 0.16), (0.28, 0.46, 0.12), (0.16, 0.42, 0.24)), 0.5, 0.55),
+    "paint": Texture(
+        "clock_motion.png",
+        ((0.88, 0.14, 0.12), (0.14, 0.30, 0.85), (0.95, 0.80, 0.12), (0.92, 0.92, 0.95), (0.10, 0.55, 0.55)),
+        0.35,
+        0.5,
+    ),
+    "glass": Texture("rocket.jpg", zoom=0.7, rows=(0.0, 0.5)),
+    "rubber": Texture("hubble_deep_field.jpg", ((0.20, 0.20, 0.22),), 0.5, 0.5),
+    "stone_end": Texture("ihc.png", zoom=0.45),
+    "stone_middle": Texture("text.png", ((0.84, 0.80, 0.70), (0.78, 0.78, 0.80)), 0.5, 0.55),
+}
+BACKGROUND_TEXTURES = ("sky", "ground")
+PART_TEXTURES: dict[str, dict[str, str]] = {
+    "house": {"wall": "brick", "roof": "tiles", "door": "wood"},
+    "tree": {"trunk": "bark", "crown": "foliage"},
+    "car": {"body": "paint", "window": "glass", "wheel": "rubber"},
+    "tower": {"end": "stone_end", "middle": "stone_middle"},
+    "bridge": {"end": "stone_end", "middle": "stone_middle"},
+}
+
+
+@dataclass(frozen=True)
+class PlacedObject:
+    """One object of a sample, as the generator placed it (before occlusion and the void band)."""
+
+    cls: int  # class index into CLASSES
+    scale: float  # size factor, log-uniform in [min_scale, max_scale]
+    top: int
+    left: int
+    height: int
+    width: int
+    mask: np.ndarray  # (height, width) uint8 local part ids, 0 outside the object's silhouette
+
+    @property
+    def name(self) -> str:
+        return CLASSES[self.cls]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation and meta
+
+
+def validate_spec(spec: SyntheticSpec) -> None:
+    """Raise `ConfigError` naming the `embedded.<field>` key and the fix for any out-of-range value."""
+
+    def bad(name: str, rule: str) -> ConfigError:
+        return ConfigError(
+            f"embedded.{name} is {getattr(spec, name)!r}; it must be {rule}. Fix embedded.{name} in params.yaml."
+        )
+
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        want = float if f.type in (float, "float") else int
+        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else int):
+            raise bad(f.name, f"a{'' if want is float else 'n'} {want.__name__}")
+    if spec.seed < 0:
+        raise bad("seed", "a non-negative integer")
+    if spec.image_size < 32:
+        raise bad("image_size", ">= 32 pixels (128 is the default)")
+    if spec.n_train < 1:
+        raise bad("n_train", ">= 1")
+    if spec.n_val < 1:
+        raise bad("n_val", ">= 1")
+    if not 0 <= spec.n_project <= spec.n_train:
+        raise bad("n_project", f"between 0 (the whole train split) and embedded.n_train ({spec.n_train})")
+    if spec.min_objects < 1:
+        raise bad("min_objects", ">= 1")
+    if spec.max_objects < spec.min_objects:
+        raise bad("max_objects", f">= embedded.min_objects ({spec.min_objects})")
+    if spec.min_objects > spec.max_objects:
+        raise bad("min_objects", f"<= embedded.max_objects ({spec.max_objects})")
+    if not spec.min_scale > 0:
+        raise bad("min_scale", "> 0")
+    if not spec.max_scale > spec.min_scale:
+        raise bad("max_scale", f"> embedded.min_scale ({spec.min_scale}); 4x the minimum is the default")
+    if spec.void_width < 0:
+        raise bad("void_width", ">= 0 pixels (0 disables the void band)")
+
+
+def _ids(split: str, n: int) -> tuple[str, ...]:
+    width = max(4, len(str(n - 1)))
+    return tuple(f"{split}_{i:0{width}d}" for i in range(n))
+
+
+def dataset_meta(spec: SyntheticSpec) -> DatasetMeta:
+    """The meta of the embedded dataset: splits train/val, plus `project` when `n_project > 0`."""
+    splits = {"train": _ids("train", spec.n_train), "val": _ids("val", spec.n_val)}
+    projection = "train"
+    if spec.n_project > 0:
+        splits["project"] = splits["train"][: spec.n_project]
+        projection = "project"
+    return DatasetMeta(
+        name="embedded",
+        classes=CLASSES,
+        splits=splits,
+        parts={c: PARTS[c] for c in CLASSES if c in PARTS},
+        projection_split=projection,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Textures
+
+
+def texture_path(name: str) -> Path:
+    """Path of a texture's source picture inside scikit-image's own data folder (never a download cache)."""
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / TEXTURES[name].file
+
+
+@lru_cache(maxsize=None)
+def _source(name: str) -> np.ndarray:
+    """Float32 source picture: standardised gray (H, W) for tinted textures, RGB in [0, 1] otherwise."""
+    tex, path = TEXTURES[name], texture_path(name)
+    if not path.is_file():
+        raise DataError(
+            f"Texture {name!r} needs {path}, which should ship inside scikit-image; reinstall scikit-image "
+            "(see environment.yml)."
+        )
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L" if tex.tints else "RGB"), dtype=np.float32) / 255.0
+    lo, hi = (int(round(f * arr.shape[0])) for f in tex.rows)
+    arr = arr[lo:hi]
+    if tex.tints:
+        arr = (arr - arr.mean()) / max(float(arr.std()), 1e-3)
+    arr.setflags(write=False)
+    return arr
+
+
+def _texture(rng: np.random.Generator, name: str, h: int, w: int, scale: float) -> np.ndarray:
+    """A (h, w, 3) float32 patch of a texture: random crop, rescale, flip, tint and brightness jitter."""
+    tex, src = TEXTURES[name], _source(name)
+    zoom = tex.zoom * np.sqrt(scale) * np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
+    ch = min(src.shape[0], max(2, int(np.ceil(h / zoom))))
+    cw = min(src.shape[1], max(2, int(np.ceil(w / zoom))))
+    y0 = int(rng.integers(0, src.shape[0] - ch + 1))
+    x0 = int(rng.integers(0, src.shape[1] - cw + 1))
+    crop = src[y0 : y0 + ch, x0 : x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    patch = resize(crop, (h, w), order=1, anti_aliasing=(ch > h or cw > w), preserve_range=True)
+    brightness = rng.uniform(0.85, 1.15)
+    if tex.tints:
+        tint = np.asarray(tex.tints[int(rng.integers(len(tex.tints)))], dtype=np.float32)
+        tint = tint * rng.uniform(0.92, 1.08, size=3)
+        shade = np.clip(1.0 + tex.contrast * patch, 0.15, 2.0)
+        rgb = shade[..., None] * tint * brightness
+    else:
+        rgb = patch * brightness
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shapes: each returns a (h, w) uint8 mask of local part ids (position + 1 in PARTS[class]).
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised pixel-centre coordinates v (down) and u (right), both in (0, 1)."""
+    v = (np.arange(h, dtype=np.float32)[:, None] + 0.5) / h
+    u = (np.arange(w, dtype=np.float32)[None, :] + 0.5) / w
+    return v, u
+
+
+def _house(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    v, u = _grid(h, w)
+    roof_h = rng.uniform(0.35, 0.48)
+    door_w = rng.uniform(0.09, 0.13)
+    door_x = 0.5 + rng.uniform(-0.15, 0.15)
+    mask = np.zeros((h, w), np.uint8)
+    mask[(v >= roof_h) & (u >= 0.1) & (u < 0.9)] = 1  # wall
+    mask[(v < roof_h) & (np.abs(u - 0.5) <= 0.5 * v / roof_h)] = 2  # roof: triangle, apex at the top
+    mask[(v >= roof_h + 0.45 * (1 - roof_h)) & (np.abs(u - door_x) < door_w)] = 3  # door
+    return mask
+
+
+def _tree(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    v, u = _grid(h, w)
+    crown_r = rng.uniform(0.32, 0.4)
+    trunk_w = rng.uniform(0.08, 0.12)
+    mask = np.zeros((h, w), np.uint8)
+    mask[(np.abs(u - 0.5) < trunk_w) & (v >= crown_r)] = 1  # trunk
+    mask[((u - 0.5) / 0.5) ** 2 + ((v - crown_r) / crown_r) ** 2 <= 1.0] = 2  # crown
+    return mask
+
+
+def _car(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    v, u = _grid(h, w)
+    slant = 0.12 * (0.42 - v) / 0.37  # cabin narrows towards the roof
+    left, right = 0.22 + rng.uniform(-0.05, 0.05) + slant, 0.78 + rng.uniform(-0.05, 0.05) - slant
+    mask = np.zeros((h, w), np.uint8)
+    mask[(v >= 0.38) & (v < 0.82)] = 1  # body
+    mask[(v >= 0.05) & (v < 0.42) & (u >= left) & (u < right)] = 1  # cabin, part of the body
+    window = (v >= 0.13) & (v < 0.38) & (u >= left + 0.05) & (u < right - 0.05) & (np.abs(u - 0.5) > 0.025)
+    mask[window] = 2
+    y, x = (v * h), (u * w)  # pixel units: wheels are round whatever the aspect ratio
+    r = 0.2 * h
+    for cx in (0.24 * w, 0.76 * w):
+        mask[(x - cx) ** 2 + (y - (h - r)) ** 2 <= r * r] = 3  # wheel: one part, two discs
+    return mask
+
+
+def _blocks(h: int, w: int, along: int) -> np.ndarray:
+    """Three blocks end/middle/end along axis 0 (tower) or 1 (bridge)."""
+    v, u = _grid(h, w)
+    t = np.broadcast_to(v if along == 0 else u, (h, w))
+    return np.where((t >= 1 / 3) & (t < 2 / 3), 2, 1).astype(np.uint8)
+
+
+# class -> (height and width as multiples of the long side, aspect jitter, shape)
+_SHAPES: dict[str, tuple[float, float, float, Callable[..., np.ndarray]]] = {
+    "house": (1.0, 0.85, 0.12, _house),
+    "tree": (1.0, 0.65, 0.12, _tree),
+    "car": (0.55, 1.0, 0.12, _car),
+    "tower": (1.0, 1 / 3, 0.0, lambda rng, h, w: _blocks(h, w, 0)),
+    "bridge": (1 / 3, 1.0, 0.0, lambda rng, h, w: _blocks(h, w, 1)),
+}
+
+
+def _object_mask(rng: np.random.Generator, cls: int, scale: float, size: int) -> np.ndarray:
+    name = CLASSES[cls]
+    fh, fw, jitter, shape = _SHAPES[name]
+    side = float(np.clip(BASE_SIZE * size * scale, MIN_SIDE, MAX_SIDE * size))
+    if name in CONTEXT_PAIR:  # exact squares, identical in both classes for the same scale
+        block = max(3, int(round(side / 3)))
+        h, w = (3 * block, block) if name == "tower" else (block, 3 * block)
+    else:
+        aspect = np.exp(rng.uniform(-jitter, jitter))  # stretch one side, keep the long side ~ `side`
+        h = max(4, int(round(side * fh * (aspect if fh < 1 else 1.0))))
+        w = max(4, int(round(side * fw * (aspect if fw < 1 else 1.0))))
+        h, w = min(h, size), min(w, size)
+    return shape(rng, h, w)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout and rendering
+
+
+def _rngs(spec: SyntheticSpec, index: int, split: str) -> tuple[np.random.Generator, np.random.Generator]:
+    if split not in SPLIT_CODES:
+        raise ValueError(f"split {split!r} is not generated; use one of {sorted(SPLIT_CODES)}.")
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    layout, paint = np.random.SeedSequence([spec.seed, SPLIT_CODES[split], index]).spawn(2)
+    return np.random.default_rng(layout), np.random.default_rng(paint)
+
+
+def _layout(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[list[PlacedObject], np.ndarray]:
+    """Place objects; return them and the map of the visible object (0 = background, k+1 = objects[k])."""
+    size = spec.image_size
+    log_lo, log_hi = np.log(spec.min_scale), np.log(spec.max_scale)
+    n_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
+    inst = np.zeros((size, size), np.int16)
+    objects: list[PlacedObject] = []
+    areas: list[int] = []
+    for _ in range(n_objects):
+        required = len(objects) < spec.min_objects
+        for attempt in range(8 if required else 3):
+            cls = int(rng.integers(1, len(CLASSES)))
+            scale = float(np.exp(rng.uniform(log_lo, log_hi)))
+            if attempt >= 4:  # a crowded image: shrink the object to make room for the required count
+                scale = max(spec.min_scale, scale / 2 ** (attempt - 3))
+            mask = _object_mask(rng, cls, scale, size)
+            h, w = mask.shape
+            silhouette = mask > 0
+            for _try in range(25):
+                top = int(rng.integers(0, size - h + 1))
+                left = int(rng.integers(0, size - w + 1))
+                window = inst[top : top + h, left : left + w]
+                covered = np.bincount(window[silhouette], minlength=len(objects) + 1)[1:]
+                visible = np.bincount(inst.ravel(), minlength=len(objects) + 1)[1:] - covered
+                if np.all(visible >= MIN_VISIBLE * np.asarray(areas, dtype=np.int64)):
+                    break
+            else:
+                continue
+            window[silhouette] = len(objects) + 1
+            objects.append(PlacedObject(cls, scale, top, left, h, w, mask))
+            areas.append(int(silhouette.sum()))
+            break
+    return objects, inst
+
+
+def sample_objects(spec: SyntheticSpec, index: int, split: str) -> list[PlacedObject]:
+    """The objects of sample `index` of `split`, as `generate_sample` draws them (fast: no textures)."""
+    return _layout(spec, _rngs(spec, index, split)[0])[0]
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Sky over ground with a random horizon, or ground only (a view from above)."""
+    ground = _texture(rng, "ground", size, size, 1.0)
+    if rng.random() < 0.25:
+        return ground
+    horizon = int(round(size * rng.uniform(0.25, 0.6)))
+    sky = _texture(rng, "sky", horizon, size, 1.0)
+    ground[:horizon] = sky
+    return ground
+
+
+def generate_sample(spec: SyntheticSpec, index: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image HxWx3 uint8, label HxW uint8, parts HxW uint8) of one sample; a function of (seed, split, index)."""
+    layout_rng, paint_rng = _rngs(spec, index, split)
+    objects, inst = _layout(spec, layout_rng)
+    size = spec.image_size
+    image = _background(paint_rng, size)
+    label = np.zeros((size, size), np.uint8)
+    parts = np.zeros((size, size), np.uint8)
+    for k, obj in enumerate(objects, start=1):
+        sl = np.s_[obj.top : obj.top + obj.height, obj.left : obj.left + obj.width]
+        visible = inst[sl] == k
+        label[sl][visible] = obj.cls
+        parts[sl][visible] = obj.mask[visible]
+        for p, part in enumerate(PARTS[obj.name], start=1):
+            texture = _texture(paint_rng, PART_TEXTURES[obj.name][part], obj.height, obj.width, obj.scale)
+            where = visible & (obj.mask == p)
+            image[sl][where] = texture[where]
+    image += paint_rng.normal(0.0, 0.015, size=image.shape).astype(np.float32)  # sensor noise
+    if spec.void_width > 0:
+        footprint = 2 * spec.void_width + 1
+        edge = (ndimage.maximum_filter(inst, size=footprint, mode="nearest") != inst) | (
+            ndimage.minimum_filter(inst, size=footprint, mode="nearest") != inst
+        )
+        void = edge & (inst > 0)
+        label[void] = VOID
+        parts[void] = 0
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), label, parts
+
+
+def _samples(spec: SyntheticSpec, meta: DatasetMeta) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    for split in ("train", "val"):
+        for index, sid in enumerate(meta.splits[split]):
+            yield (sid, *generate_sample(spec, index, split))
+
+
+def generate(spec: SyntheticSpec, root: str | Path) -> DatasetMeta:
+    """Validate `spec`, then write the whole dataset at `root` in the prepared format (atomically)."""
+    validate_spec(spec)
+    meta = dataset_meta(spec)
+    write_prepared(root, meta, _samples(spec, meta))
+    return meta

@@ -1,0 +1,75 @@
+"""Checkpoint round trip, resume after an interruption, and the DeepLab training stage end to end."""
+
+import pytest
+import torch
+
+from scaleprotoseg import pipeline
+from scaleprotoseg.errors import ArtifactError
+from scaleprotoseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+def test_checkpoint_round_trip_is_data_only(tmp_path, tiny_cfg):
+    model = pipeline.build_model("deeplab", tiny_cfg.model, 3)
+    path = save_checkpoint(tmp_path / "m.pt", model, tiny_cfg.to_dict(), phase="train", step=7, classes=["a", "b", "c"])
+    raw = torch.load(path, weights_only=True)  # loading never executes code from the file
+    assert raw["step"] == 7 and raw["phase"] == "train"
+    payload = load_checkpoint(path)
+    clone = pipeline.build_model("deeplab", tiny_cfg.model, 3)
+    clone.load_state_dict(payload["state_dict"])
+    for (k, a), (_, b) in zip(model.state_dict().items(), clone.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert pipeline.RunConfig.from_dict(payload["config"]) == tiny_cfg
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
+
+
+def test_missing_checkpoint_names_the_stage(tmp_path):
+    with pytest.raises(ArtifactError, match="run the training stage first"):
+        load_checkpoint(tmp_path / "absent.pt", stage_hint="the training stage")
+
+
+def _final_state(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_dataset, tiny_cfg, capsys):
+    reference = tmp_path / "ref"
+    pipeline.train(tiny_cfg, tiny_dataset, reference, tmp_path / "ref_reports", progress=False)
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train(tiny_cfg, tiny_dataset, run, tmp_path / "run_reports", progress=False, interrupt_at=5)
+    assert (run / "resume.pt").is_file() and not (run / "model.pt").exists()
+    assert torch.load(run / "resume.pt", weights_only=True)["step"] == 4  # checkpoint_every = 2
+
+    summary = pipeline.train(tiny_cfg, tiny_dataset, run, tmp_path / "run_reports", progress=False)
+    assert summary["resumed_from"] == 4 and "resuming from step 4" in capsys.readouterr().out
+    assert not (run / "resume.pt").exists()
+    ref, res = _final_state(reference / "model.pt"), _final_state(run / "model.pt")
+    for k in ref:
+        assert torch.allclose(ref[k].float(), res[k].float(), atol=1e-6), k
+
+
+def test_resume_state_of_another_config_is_ignored(tmp_path, tiny_dataset, tiny_cfg, params):
+    from scaleprotoseg.config import load_config
+
+    from .conftest import TINY_OVERRIDES
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train(tiny_cfg, tiny_dataset, run, tmp_path / "r", progress=False, interrupt_at=3)
+    other = load_config(params, overrides={**TINY_OVERRIDES, "presets.embedded.deeplab.lr": 0.01})
+    summary = pipeline.train(other, tiny_dataset, run, tmp_path / "r", progress=False)
+    assert summary["resumed_from"] == 0
+
+
+def test_train_evaluate_and_curves(tmp_path, tiny_dataset, tiny_cfg):
+    pipeline.train(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "rep", progress=False)
+    curves = pipeline.read_curves(tmp_path / "rep" / "dvclive")
+    assert "train/loss" in curves and len(curves["train/loss"]) == tiny_cfg.train.steps
+    assert "val/miou" in curves
+    pipeline.project(tiny_cfg, tmp_path / "train", tmp_path / "proj")
+    out = pipeline.evaluate_stage(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj", tmp_path / "eval", progress=False)
+    m = out["metrics"]
+    assert m["images"] == 3 and 0 <= m["miou"] <= 100
+    for f in ("metrics.json", "per_class_iou.csv", "confusion.png", "predictions.png"):
+        assert (tmp_path / "eval" / f).is_file()
