@@ -1,7 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make repro   set up .venv/ (if needed) and run the whole DVC pipeline
 #   make test    set up .venv/ (if needed) and run the unit tests and nbval over every notebook
-# `make bench` prints speed ratios measured side by side (see README).
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test unit nbval bench clean-venv
+.PHONY: setup repro test unit nbval clean-venv
 
 setup: $(STAMP)
 
@@ -34,9 +33,6 @@ unit: setup
 
 nbval: setup
 	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
-
-bench: setup
-	$(PY) -m scaleprotoseg.bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,9 +9,10 @@ teaching set, never compared with the paper). Every image is a pure function of
   (`PARTS`; a car's two wheels are one part with two connected components), and every image comes
   with a part-id mask, so part-based interpretability metrics (do prototypes fire on one part?) are
   exact rather than approximated.
-* **Scale.** Object sizes are drawn log-uniformly over a factor `max_scale / min_scale` (4x by
-  default) of a base size, so the same class appears at very different scales, which is what
-  multi-scale prototypes are for. Texture grain grows with the object (`sqrt(scale)`), as in photos.
+* **Scale.** An object's long side is `BASE_SIZE * image_size * scale`, with `scale` drawn
+  log-uniformly in `[min_scale, max_scale]` (4x by default: 18 to 72 px in 128-px images), so every
+  class appears at very different scales, which is what multi-scale prototypes are for. Texture grain
+  grows with the object (`sqrt(scale)`), as in photos.
 * **Context pair.** `tower` and `bridge` are made of the *same* two parts with the *same* textures
   (`end`, `middle`: three square blocks end/middle/end), stacked vertically (tower) or in a row
   (bridge). Locally, within one block, they are identical; only the larger-scale arrangement tells them
@@ -28,13 +29,15 @@ Labels are uint8 class indices (0 = background, 255 = void); parts are uint8 loc
 (position + 1 in `PARTS[class]`), 0 on background and void. `generate` writes the prepared on-disk
 format of `scaleprotoseg.data.prepared`.
 
-Objects are placed one after another, later ones on top, only where every earlier object keeps at
-least `MIN_VISIBLE` of its area; label and part masks describe what is visible.
+Objects lie wholly inside the image and are placed one after another, later ones on top, only where
+every earlier object keeps at least `MIN_VISIBLE` of its area (a crowded image retries with smaller
+objects until `min_objects` fit); label and part masks describe what is visible. `render_sample` also
+returns the generator's record (placed objects, instance map) for tests and figures.
 """
 
 from __future__ import annotations
 
-import zlib
+import numbers
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -58,7 +61,7 @@ class SyntheticSpec:
     n_project: int = 0  # 0 = projection split is the whole train split; else the first n_project train ids
     min_objects: int = 2
     max_objects: int = 4
-    min_scale: float = 0.5  # object size factor relative to a base size, log-uniform in [min_scale, max_scale]
+    min_scale: float = 0.5  # object size factor relative to a base size, log-uniform in [min, max]
     max_scale: float = 2.0  # max/min must be >= 4 by default
     void_width: int = 1  # pixels of void band at object boundaries; 0 disables
 
@@ -74,7 +77,7 @@ PARTS: dict[str, tuple[str, ...]] = {
 CONTEXT_PAIR: tuple[str, str] = ("tower", "bridge")  # same parts and textures, different arrangement
 
 BASE_SIZE = 0.28  # long side of an object at scale 1, as a fraction of the image size
-MIN_SIDE = 9  # px: the smallest long side drawn (only binds for image sizes well below 128)
+MIN_SIDE = 9  # px: the smallest long side drawn (binds only for images under 64 px at min_scale 0.5)
 MAX_SIDE = 0.9  # fraction of the image size: the largest long side drawn
 MIN_VISIBLE = 0.6  # fraction of its own area every object keeps visible after later objects are drawn
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -89,15 +92,16 @@ class Texture:
     contrast: float = 0.35  # tinted sources: shade = 1 + contrast * standardised gray value
     zoom: float = 0.5  # output pixels per source pixel at scale 1
     rows: tuple[float, float] = (0.0, 1.0)  # vertical band of the source that crops come from
+    transpose: bool = False  # swap the source's axes (brick.png's courses run vertically)
 
 
 TEXTURES: dict[str, Texture] = {
     # Backgrounds only.
     "sky": Texture("moon.png", ((0.60, 0.74, 0.93), (0.72, 0.80, 0.90), (0.55, 0.66, 0.82)), 0.4, 0.5),
-    "ground": Texture("gravel.png", ((0.76, 0.66, 0.47), (0.60, 0.56, 0.52), (0.66, 0.62, 0.46)), 0.4, 0.5),
+    "ground": Texture("gravel.png", ((0.76, 0.66, 0.47), (0.60, 0.56, 0.52), (0.66, 0.62, 0.46)), 0.4, 0.4),
     # Object parts.
-    "brick": Texture("brick.png", ((0.86, 0.46, 0.34), (0.92, 0.85, 0.70)), 0.35, 0.4),
-    "tiles": Texture("coins.png", ((0.62, 0.20, 0.15), (0.36, 0.38, 0.48)), 0.45, 0.6),
+    "brick": Texture("brick.png", ((0.86, 0.46, 0.34), (0.92, 0.85, 0.70)), 0.35, 0.3, transpose=True),
+    "tiles": Texture("coins.png", ((0.62, 0.20, 0.15), (0.36, 0.38, 0.48)), 0.45, 0.4),
     "wood": Texture("coffee.png", zoom=0.6, rows=(0.0, 0.35)),
     "bark": Texture("chelsea.png", ((0.48, 0.32, 0.18), (0.40, 0.30, 0.22)), 0.5, 0.7),
     "foliage": Texture("grass.png", ((0.20, 0.50, 0.16), (0.28, 0.46, 0.12), (0.16, 0.42, 0.24)), 0.5, 0.55),
@@ -110,7 +114,7 @@ TEXTURES: dict[str, Texture] = {
     "glass": Texture("rocket.jpg", zoom=0.7, rows=(0.0, 0.5)),
     "rubber": Texture("hubble_deep_field.jpg", ((0.20, 0.20, 0.22),), 0.5, 0.5),
     "stone_end": Texture("ihc.png", zoom=0.45),
-    "stone_middle": Texture("text.png", ((0.84, 0.80, 0.70), (0.78, 0.78, 0.80)), 0.5, 0.55),
+    "stone_middle": Texture("text.png", ((0.40, 0.43, 0.52), (0.47, 0.45, 0.42)), 0.6, 0.55),
 }
 BACKGROUND_TEXTURES = ("sky", "ground")
 PART_TEXTURES: dict[str, dict[str, str]] = {
@@ -122,7 +126,7 @@ PART_TEXTURES: dict[str, dict[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PlacedObject:
     """One object of a sample, as the generator placed it (before occlusion and the void band)."""
 
@@ -147,15 +151,17 @@ def validate_spec(spec: SyntheticSpec) -> None:
     """Raise `ConfigError` naming the `embedded.<field>` key and the fix for any out-of-range value."""
 
     def bad(name: str, rule: str) -> ConfigError:
+        value = getattr(spec, name)
         return ConfigError(
-            f"embedded.{name} is {getattr(spec, name)!r}; it must be {rule}. Fix embedded.{name} in params.yaml."
+            f"embedded.{name} is {value!r}; it must be {rule}. Fix embedded.{name} in params.yaml."
         )
 
     for f in fields(spec):
         value = getattr(spec, f.name)
-        want = float if f.type in (float, "float") else int
-        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else int):
-            raise bad(f.name, f"a{'' if want is float else 'n'} {want.__name__}")
+        is_float = f.type in (float, "float")
+        want, kind = (numbers.Real, "a number") if is_float else (numbers.Integral, "an integer")
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise bad(f.name, kind)
     if spec.seed < 0:
         raise bad("seed", "a non-negative integer")
     if spec.image_size < 32:
@@ -168,13 +174,11 @@ def validate_spec(spec: SyntheticSpec) -> None:
         raise bad("n_project", f"between 0 (the whole train split) and embedded.n_train ({spec.n_train})")
     if spec.min_objects < 1:
         raise bad("min_objects", ">= 1")
-    if spec.max_objects < spec.min_objects:
-        raise bad("max_objects", f">= embedded.min_objects ({spec.min_objects})")
     if spec.min_objects > spec.max_objects:
-        raise bad("min_objects", f"<= embedded.max_objects ({spec.max_objects})")
+        raise bad("min_objects", f"<= embedded.max_objects ({spec.max_objects}), or raise max_objects")
     if not spec.min_scale > 0:
         raise bad("min_scale", "> 0")
-    if not spec.max_scale > spec.min_scale:
+    if not spec.min_scale < spec.max_scale < float("inf"):
         raise bad("max_scale", f"> embedded.min_scale ({spec.min_scale}); 4x the minimum is the default")
     if spec.void_width < 0:
         raise bad("void_width", ">= 0 pixels (0 disables the void band)")
@@ -225,6 +229,8 @@ def _source(name: str) -> np.ndarray:
         arr = np.asarray(img.convert("L" if tex.tints else "RGB"), dtype=np.float32) / 255.0
     lo, hi = (int(round(f * arr.shape[0])) for f in tex.rows)
     arr = arr[lo:hi]
+    if tex.transpose:
+        arr = arr.swapaxes(0, 1)
     if tex.tints:
         arr = (arr - arr.mean()) / max(float(arr.std()), 1e-3)
     arr.setflags(write=False)
@@ -260,9 +266,9 @@ def _texture(rng: np.random.Generator, name: str, h: int, w: int, scale: float) 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised pixel-centre coordinates v (down) and u (right), both in (0, 1)."""
-    v = (np.arange(h, dtype=np.float32)[:, None] + 0.5) / h
-    u = (np.arange(w, dtype=np.float32)[None, :] + 0.5) / w
-    return v, u
+    v = (np.arange(h, dtype=np.float32) + 0.5) / h
+    u = (np.arange(w, dtype=np.float32) + 0.5) / w
+    return np.meshgrid(v, u, indexing="ij")
 
 
 def _house(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -306,7 +312,7 @@ def _car(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def _blocks(h: int, w: int, along: int) -> np.ndarray:
     """Three blocks end/middle/end along axis 0 (tower) or 1 (bridge)."""
     v, u = _grid(h, w)
-    t = np.broadcast_to(v if along == 0 else u, (h, w))
+    t = v if along == 0 else u
     return np.where((t >= 1 / 3) & (t < 2 / 3), 2, 1).astype(np.uint8)
 
 
@@ -399,8 +405,19 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return ground
 
 
-def generate_sample(spec: SyntheticSpec, index: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image HxWx3 uint8, label HxW uint8, parts HxW uint8) of one sample; a function of (seed, split, index)."""
+@dataclass(frozen=True, eq=False)
+class RenderedSample:
+    """A sample with the generator's record: its objects and the map of which object each pixel shows."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    label: np.ndarray  # (H, W) uint8 class index, 255 = void
+    parts: np.ndarray  # (H, W) uint8 local part index, 0 = none
+    objects: list[PlacedObject]  # in drawing order (later ones on top)
+    instances: np.ndarray  # (H, W) int16: 0 = background, k = objects[k - 1] (void band included)
+
+
+def render_sample(spec: SyntheticSpec, index: int, split: str) -> RenderedSample:
+    """Draw sample `index` of `split`; a function of (spec, split, index) only."""
     layout_rng, paint_rng = _rngs(spec, index, split)
     objects, inst = _layout(spec, layout_rng)
     size = spec.image_size
@@ -418,17 +435,24 @@ def generate_sample(spec: SyntheticSpec, index: int, split: str) -> tuple[np.nda
             image[sl][where] = texture[where]
     image += paint_rng.normal(0.0, 0.015, size=image.shape).astype(np.float32)  # sensor noise
     if spec.void_width > 0:
-        footprint = 2 * spec.void_width + 1
+        footprint = 2 * spec.void_width + 1  # square: within `void_width` px of another object or background
         edge = (ndimage.maximum_filter(inst, size=footprint, mode="nearest") != inst) | (
             ndimage.minimum_filter(inst, size=footprint, mode="nearest") != inst
         )
         void = edge & (inst > 0)
         label[void] = VOID
         parts[void] = 0
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), label, parts
+    image_u8 = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return RenderedSample(image_u8, label, parts, objects, inst)
 
 
-def _samples(spec: SyntheticSpec, meta: DatasetMeta) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def generate_sample(spec: SyntheticSpec, index: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image HxWx3, label HxW, parts HxW), all uint8, of one sample: a function of (seed, split, index)."""
+    sample = render_sample(spec, index, split)
+    return sample.image, sample.label, sample.parts
+
+
+def _samples(spec: SyntheticSpec, meta: DatasetMeta) -> Iterator[tuple]:
     for split in ("train", "val"):
         for index, sid in enumerate(meta.splits[split]):
             yield (sid, *generate_sample(spec, index, split))
