@@ -62,7 +62,7 @@ def train_transform(
     label = label[y : y + crop, x : x + crop]
     if flip and rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
-    return normalise(image, mean, std), torch.from_numpy(np.ascontiguousarray(label)).long()
+    return normalise(image, mean, std), torch.from_numpy(np.array(label, dtype=np.int64))
 
 
 def eval_input_size(h: int, w: int, eval_size, eval_short_side) -> tuple[int, int]:
