@@ -22,16 +22,19 @@ from ..errors import ConfigError
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.001  # Caffe-converted DeepLab value (PyTorch convention: weight of the new batch)
+# The small backbone trains BN from scratch in a few hundred steps: with 0.001 its running statistics would
+# still sit at their initial values at evaluation, so it uses PyTorch's default.
+SMALL_BN_MOMENTUM = 0.1
 
 
 class ConvBN(nn.Module):
     """conv (no bias) → BN, optionally followed by ReLU; named `conv` / `bn` like the Caffe layout."""
 
-    def __init__(self, cin, cout, k, stride=1, dilation=1, relu=True):
+    def __init__(self, cin, cout, k, stride=1, dilation=1, relu=True, momentum=BN_MOMENTUM):
         super().__init__()
         pad = dilation * (k // 2)
         self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False)
-        self.bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=momentum)
         self.relu = relu
 
     def forward(self, x):
@@ -42,9 +45,9 @@ class ConvBN(nn.Module):
 class Stem(nn.Module):
     """7×7/2 conv + BN + ReLU, then max-pool 3×3/2 pad 1 with ceil_mode (hence 512 → 65)."""
 
-    def __init__(self, cout):
+    def __init__(self, cout, momentum=BN_MOMENTUM):
         super().__init__()
-        self.conv1 = ConvBN(3, cout, 7, stride=2)
+        self.conv1 = ConvBN(3, cout, 7, stride=2, momentum=momentum)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
 
     def forward(self, x):
@@ -72,9 +75,10 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin, cout, stride, dilation, downsample):
         super().__init__()
-        self.conv_a = ConvBN(cin, cout, 3, stride=stride, dilation=dilation)
-        self.conv_b = ConvBN(cout, cout, 3, dilation=dilation, relu=False)
-        self.shortcut = ConvBN(cin, cout, 1, stride=stride, relu=False) if downsample else None
+        m = SMALL_BN_MOMENTUM
+        self.conv_a = ConvBN(cin, cout, 3, stride=stride, dilation=dilation, momentum=m)
+        self.conv_b = ConvBN(cout, cout, 3, dilation=dilation, relu=False, momentum=m)
+        self.shortcut = ConvBN(cin, cout, 1, stride=stride, relu=False, momentum=m) if downsample else None
 
     def forward(self, x):
         h = self.conv_b(self.conv_a(x))
@@ -125,7 +129,7 @@ class SmallDilatedResNet(_Trunk):
     def __init__(self, width: int = 32):
         super().__init__()
         w = width
-        self.layer1 = Stem(w)
+        self.layer1 = Stem(w, momentum=SMALL_BN_MOMENTUM)
         self.layer2 = Stage(BasicBlock, 1, w, w, stride=1, dilation=1)
         self.layer3 = Stage(BasicBlock, 1, w, 2 * w, stride=2, dilation=1)
         self.layer4 = Stage(BasicBlock, 1, 2 * w, 4 * w, stride=1, dilation=2)
