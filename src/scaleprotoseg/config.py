@@ -23,7 +23,18 @@ import yaml
 
 from .errors import ConfigError
 
-METHODS = ("deeplab",)
+METHODS = ("deeplab", "protoseg", "scaleprotoseg", "scaleprotoseg_groups")
+PROTOTYPE_METHODS = ("protoseg", "scaleprotoseg", "scaleprotoseg_groups")
+# Training of a method starts either from the backbone's initialisation or from another method's projected
+# model; dvc.yaml reads this (experiment.methods.<m>.after) as the dependency of train@<m>.
+STARTS_FROM = {"scaleprotoseg_groups": "scaleprotoseg"}
+INIT_DEP = "src/scaleprotoseg/models"
+
+
+def after_dependency(method: str) -> str:
+    """The path train@<method> depends on besides the data: its starting model."""
+    start = STARTS_FROM.get(method)
+    return f"artifacts/project/{start}" if start else INIT_DEP
 DEVICES = ("auto", "cpu", "cuda")
 BACKBONES = ("resnet101", "small")
 OPTIMIZERS = ("sgd", "adam")
@@ -120,6 +131,95 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PrototypeTrainConfig:
+    """ProtoSeg / ScaleProtoSeg stage 1 (official-implementation §3–§5): warm-up → joint → (projection) →
+    last-layer fine-tuning, plus ProtoSeg's optional pruning. Steps count mini-batches; learning rates are
+    per optimiser group, as in the paper's configs."""
+
+    prototypes: int  # protoseg: per class (10; 12 on ADE/COCO); scaleprotoseg: per class per scale (3)
+    features: int  # channels per ASPP branch = prototype dimension (64)
+    batch_size: int
+    accumulation: int
+    warmup_steps: int  # ASPP + prototypes, trunk frozen, constant LR
+    joint_steps: int  # + trunk, poly schedule over optimiser updates
+    finetune_steps: int  # last layer only, after projection
+    lr_warmup_aspp: float
+    lr_warmup_prototypes: float
+    lr_joint_trunk: float
+    lr_joint_aspp: float
+    lr_joint_prototypes: float
+    lr_last_layer: float
+    weight_decay: float  # on trunk and ASPP (never on prototypes or the last layer)
+    poly_power: float
+    loss_ce: float
+    loss_kld: float
+    loss_l1: float  # on the off-class weights of the last layer
+    prune: bool  # protoseg only: prune by k nearest patches, then fine-tune the last layer again
+    prune_k: int
+    prune_threshold: int
+    log_every: int
+    checkpoint_every: int
+    val_every: int
+    val_images: int
+
+    def check(self, where: str) -> None:
+        for k in ("prototypes", "features", "batch_size", "accumulation", "log_every", "checkpoint_every",
+                  "prune_k", "lr_warmup_aspp", "lr_warmup_prototypes", "lr_joint_trunk", "lr_joint_aspp",
+                  "lr_joint_prototypes", "lr_last_layer"):
+            _positive(getattr(self, k), f"{where}.{k}")
+        for k in ("warmup_steps", "joint_steps", "finetune_steps", "weight_decay", "poly_power", "loss_ce",
+                  "loss_kld", "loss_l1", "val_every", "val_images", "prune_threshold"):
+            _non_negative(getattr(self, k), f"{where}.{k}")
+        if self.warmup_steps + self.joint_steps == 0:
+            raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
+        if self.prune_threshold > self.prune_k:
+            raise ConfigError(f"{where}.prune_threshold ({self.prune_threshold}) cannot exceed prune_k ({self.prune_k}).")
+
+
+@dataclass(frozen=True)
+class GroupTrainConfig:
+    """ScaleProtoSeg stage 2 (§2.8, §4.4): sparse groups on top of the projected stage-1 model."""
+
+    groups: int  # groups per class (3)
+    batch_size: int
+    accumulation: int
+    warmup_steps: int  # group weights only, constant LR
+    joint_steps: int  # group weights + group head, poly schedule
+    lr_warmup_groups: float
+    lr_joint_groups: float
+    lr_joint_head: float
+    poly_power: float
+    loss_ce: float
+    loss_l1: float  # on the off-class weights of the group head
+    loss_entropy: float  # normalised entropy of the group-weight rows
+    threshold: float  # group weights below this are zeroed before evaluation (no renormalisation)
+    log_every: int
+    checkpoint_every: int
+    val_every: int
+    val_images: int
+
+    def check(self, where: str) -> None:
+        for k in ("groups", "batch_size", "accumulation", "log_every", "checkpoint_every", "lr_warmup_groups",
+                  "lr_joint_groups", "lr_joint_head"):
+            _positive(getattr(self, k), f"{where}.{k}")
+        for k in ("warmup_steps", "joint_steps", "poly_power", "loss_ce", "loss_l1", "loss_entropy", "val_every",
+                  "val_images"):
+            _non_negative(getattr(self, k), f"{where}.{k}")
+        if self.warmup_steps + self.joint_steps == 0:
+            raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
+        if not 0 <= self.threshold < 1:
+            raise ConfigError(f"{where}.threshold must lie in [0, 1), got {self.threshold!r}.")
+
+
+TRAIN_SECTIONS = {
+    "deeplab": TrainConfig,
+    "protoseg": PrototypeTrainConfig,
+    "scaleprotoseg": PrototypeTrainConfig,
+    "scaleprotoseg_groups": GroupTrainConfig,
+}
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int
     n_examples: int  # predictions shown beside ground truth in the evaluation report
@@ -141,9 +241,10 @@ class RunConfig:
     device: str
     data: DataConfig
     model: ModelConfig
-    train: TrainConfig
+    train: TrainConfig | PrototypeTrainConfig | GroupTrainConfig
     eval: EvalConfig
     extra: dict = field(default_factory=dict)  # the dataset's generator section (embedded), for checks
+    start: "RunConfig | None" = None  # the method this one starts from (scaleprotoseg_groups: scaleprotoseg)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -165,9 +266,10 @@ class RunConfig:
             device=d["device"],
             data=_build(DataConfig, d["data"], "data"),
             model=_build(ModelConfig, d["model"], "model"),
-            train=_build(TrainConfig, d["train"], "train"),
+            train=_build(TRAIN_SECTIONS[d["method"]], d["train"], "train"),
             eval=_build(EvalConfig, d["eval"], "eval"),
             extra=dict(d.get("extra", {})),
+            start=RunConfig.from_dict(d["start"]) if d.get("start") else None,
         )
 
 
@@ -221,9 +323,7 @@ def load_config(
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r} (experiment.methods); valid methods: {list(METHODS)}.")
     _check_keys(exp, {"dataset", "methods", "seed", "device"}, "experiment")
-    methods = exp["methods"]
-    if not isinstance(methods, list) or not methods or any(m not in METHODS for m in methods):
-        raise ConfigError(f"experiment.methods must be a non-empty list drawn from {list(METHODS)}, got {methods!r}.")
+    methods = method_names(params)
     seed = _typed(exp["seed"], int, "experiment.seed")
     device = exp["device"]
     if device not in DEVICES:
@@ -232,6 +332,9 @@ def load_config(
     where = f"presets.{dataset}"
     preset = _section(presets, dataset, where)
     _check_keys(preset, {"data", "model", "eval", *METHODS}, where, required={"data", "model", "eval", method})
+    start = None
+    if method in STARTS_FROM:
+        start = load_config(params, dataset=dataset, method=STARTS_FROM[method])
     cfg = RunConfig(
         dataset=dataset,
         method=method,
@@ -239,15 +342,34 @@ def load_config(
         device=device,
         data=_build(DataConfig, preset["data"], f"{where}.data"),
         model=_build(ModelConfig, preset["model"], f"{where}.model"),
-        train=_build(TrainConfig, preset[method], f"{where}.{method}"),
+        train=_build(TRAIN_SECTIONS[method], preset[method], f"{where}.{method}"),
         eval=_build(EvalConfig, preset["eval"], f"{where}.eval"),
         extra=dict(params.get(dataset, {}) or {}),
+        start=start,
     )
     for name in ("data", "model", "train", "eval"):
         key = {"train": method}.get(name, name)
         getattr(cfg, name).check(f"{where}.{key}")
     _check_crop_fits(cfg, where)
     return cfg
+
+
+def method_names(params: Mapping) -> list[str]:
+    """The methods of the fan-out, checked: `experiment.methods` maps each method to `{after: <path>}`."""
+    methods = _section(params, "experiment").get("methods")
+    example = "{deeplab: {after: %s}}" % INIT_DEP
+    if not isinstance(methods, dict) or not methods:
+        raise ConfigError(f"experiment.methods must map method names to {{after: <path>}}, e.g. {example}; got {methods!r}.")
+    for m, spec in methods.items():
+        if m not in METHODS:
+            raise ConfigError(f"Unknown method {m!r} in experiment.methods; valid methods: {list(METHODS)}.")
+        want = after_dependency(m)
+        if not isinstance(spec, dict) or spec.get("after") != want:
+            raise ConfigError(f"experiment.methods.{m} must be {{after: {want}}} (the dependency dvc.yaml gives train@{m}); got {spec!r}.")
+        start = STARTS_FROM.get(m)
+        if start and start not in methods:
+            raise ConfigError(f"experiment.methods lists {m}, which starts from {start}: add {start} to experiment.methods too.")
+    return list(methods)
 
 
 def _check_crop_fits(cfg: RunConfig, where: str) -> None:

@@ -67,8 +67,9 @@ class DeepLabV2(nn.Module):
         return {"trunk": trunk, "head": list(self.aspp.parameters())}
 
 
-def build_model(method: str, model_cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The network of `method` from the `model` section of its preset."""
+def build_model(method: str, model_cfg: ModelConfig, num_classes: int, prototypes: int = 3, features: int = 64) -> nn.Module:
+    """The network of `method` from the `model` section of its preset (prototype methods: how many
+    prototypes per class (ProtoSeg) or per class and scale (ScaleProtoSeg), and their dimension)."""
     backbone = build_backbone(
         model_cfg.backbone,
         pretrained=model_cfg.pretrained,
@@ -79,4 +80,10 @@ def build_model(method: str, model_cfg: ModelConfig, num_classes: int) -> nn.Mod
         freeze_batchnorm(backbone)
     if method == "deeplab":
         return DeepLabV2(backbone, num_classes, model_cfg.aspp_rates, model_cfg.msc_scales, model_cfg.freeze_bn)
+    if method in ("protoseg", "scaleprotoseg"):
+        from .prototypes import PrototypeSegmenter
+
+        return PrototypeSegmenter(backbone, num_classes, model_cfg.aspp_rates, per_class=prototypes,
+                                  features=features, multiscale=method == "scaleprotoseg",
+                                  msc_scales=model_cfg.msc_scales, freeze_bn=model_cfg.freeze_bn)
     raise ValueError(f"no model for method {method!r}")
