@@ -36,7 +36,7 @@ def after_dependency(method: str) -> str:
     start = STARTS_FROM.get(method)
     return f"artifacts/project/{start}" if start else INIT_DEP
 DEVICES = ("auto", "cpu", "cuda")
-BACKBONES = ("resnet101", "small")
+BACKBONES = ("resnet101", "small", "unet")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -433,6 +433,9 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
         return value
     if tp is float:
+        if isinstance(value, str) and value.strip().lower().lstrip("+-").replace(".", "", 1).replace("e", "", 1).replace("-", "", 1).isdigit():
+            raise ConfigError(f"{where} must be a number, got the text {value!r}: YAML reads exponents without a "
+                              f"decimal point as text; write e.g. 1.0e-5 instead of 1e-5.")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}.")
         return float(value)

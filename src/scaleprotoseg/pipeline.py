@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from . import plots
-from .config import RunConfig, load_config, read_params, set_key
+from .config import RunConfig, load_config, method_names, read_params, set_key
 from .data.loader import eval_loader, train_loader
 from .data.prepared import PreparedDataset, read_meta
 from .data.synthetic import SyntheticSpec, generate
@@ -48,6 +48,13 @@ SMOKE_OVERRIDES = {
     "presets.embedded.deeplab.val_every": 0,
     "presets.embedded.eval.n_examples": 2,
 }
+for _m in ("protoseg", "scaleprotoseg"):
+    SMOKE_OVERRIDES.update({f"presets.embedded.{_m}.{k}": v for k, v in {
+        "features": 8, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "finetune_steps": 1, "log_every": 1,
+        "checkpoint_every": 1, "val_every": 0, "val_images": 2}.items()})
+SMOKE_OVERRIDES.update({f"presets.embedded.scaleprotoseg_groups.{k}": v for k, v in {
+    "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
+    "val_images": 2}.items()})
 
 
 def resolve(path: str | Path) -> Path:
@@ -122,12 +129,34 @@ def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
         return
     p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
     prepare_dataset(params, cfg.dataset, p["prepared"])
-    if name in ("project", "evaluate", "interpret", "report"):
-        train(cfg, p["prepared"], p["train"], p["train_reports"], progress=False)
-    if name in ("evaluate", "interpret", "report"):
-        project(cfg, p["train"], p["project"])
-    if name in ("interpret", "report"):
+    if name == "report":
+        for m in method_names(params):
+            _smoke_chain(load_config(params, dataset=cfg.dataset, method=m), root, upto="evaluate")
+        return
+    upto = {"train": None, "project": "train", "evaluate": "project", "interpret": "evaluate"}[name]
+    if cfg.start is not None:
+        _smoke_chain(cfg.start, root, upto="project")
+    if upto:
+        _smoke_chain(cfg, root, upto=upto)
+
+
+def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:
+    """Run train → project → evaluate for `cfg.method` under `root`, up to and including `upto`."""
+    p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
+    if (p["evaluate_reports"] / "metrics.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
+        return
+    if cfg.start is not None:
+        _smoke_chain(cfg.start, root, upto="project")
+    train(cfg, p["prepared"], p["train"], p["train_reports"], progress=False, start_checkpoint=start_checkpoint(cfg, root))
+    if upto in ("project", "evaluate"):
+        project(cfg, p["prepared"], p["train"], p["project"], progress=False)
+    if upto == "evaluate":
         evaluate_stage(cfg, p["prepared"], p["train"], p["project"], p["evaluate_reports"], progress=False)
+
+
+def start_checkpoint(cfg: RunConfig, root: Path) -> Path | None:
+    """The model `cfg.method` starts from (scaleprotoseg_groups: scaleprotoseg's projected model)."""
+    return root / layout("project", cfg.dataset, cfg.start.method) / "model.pt" if cfg.start is not None else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -215,10 +244,14 @@ class LiveLogger:
 
 
 def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,
-          interrupt_at: int | None = None) -> dict:
-    """Train `cfg.method`; write `out_dir/model.pt` (the phase-end checkpoint) and curves under report_dir."""
-    if cfg.method != "deeplab":
-        raise ConfigError(f"Training for method {cfg.method!r} is not available yet.")
+          interrupt_at: int | None = None, start_checkpoint: Path | None = None) -> dict:
+    """Train `cfg.method`; write `out_dir/model.pt` (the phase-end checkpoint) and curves under report_dir.
+
+    scaleprotoseg_groups starts from `start_checkpoint` (scaleprotoseg's projected model)."""
+    if cfg.method in ("protoseg", "scaleprotoseg"):
+        return train_prototypes(cfg, data_root, out_dir, report_dir, progress, interrupt_at)
+    if cfg.method == "scaleprotoseg_groups":
+        return train_groups(cfg, data_root, out_dir, report_dir, start_checkpoint, progress, interrupt_at)
     out_dir, report_dir = Path(out_dir), Path(report_dir)
     meta = read_meta(data_root)
     device = resolve_device(cfg.device)
@@ -281,14 +314,162 @@ def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, prog
     return summary
 
 
-def load_model(checkpoint: str | Path, device="cpu"):
+def build_for(cfg: RunConfig, num_classes: int, offline: bool = False):
+    """The untrained network of `cfg.method` (offline: never download ImageNet weights)."""
+    base = cfg.start if cfg.start is not None else cfg
+    model_cfg = base.model
+    if offline:
+        model_cfg = type(model_cfg)(**{**model_cfg.__dict__, "pretrained": False})
+    if base.method == "deeplab":
+        return build_model("deeplab", model_cfg, num_classes)
+    model = build_model(base.method, model_cfg, num_classes, prototypes=base.train.prototypes, features=base.train.features)
+    if cfg.method == "scaleprotoseg_groups":
+        model.add_groups(cfg.train.groups)
+    return model
+
+
+def load_model(checkpoint: str | Path, device="cpu", stage_hint: str = "the training stage"):
     """Rebuild a trained model from its checkpoint alone (never downloads weights)."""
-    payload = load_checkpoint(checkpoint)
+    payload = load_checkpoint(checkpoint, stage_hint)
     cfg = RunConfig.from_dict(payload["config"])
-    model_cfg = type(cfg.model)(**{**cfg.model.__dict__, "pretrained": False})
-    model = build_model(cfg.method, model_cfg, len(payload["classes"]))
+    model = build_for(cfg, len(payload["classes"]), offline=True)
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), cfg, payload
+
+
+def _phase_checkpoint(path: Path, fingerprint: str):
+    """A finished phase's checkpoint, if it belongs to this configuration (an interrupted run skips it)."""
+    if path.is_file():
+        payload = load_checkpoint(path)
+        if payload.get("fingerprint") == fingerprint:
+            return payload
+    return None
+
+
+def run_phases(model, cfg: RunConfig, phases, loss_for, data_root: Path, out_dir: Path, logger, device,
+               progress: bool, interrupt_at: int | None, meta, step_offset: int = 0, after_update=None,
+               val=None) -> list[dict]:
+    """Run `phases` in order; each ends with `out_dir/<phase>.pt`, which the next one starts from."""
+    from .training.phases import phase_spec, trunk_frozen
+
+    t = cfg.train
+    done = []
+    offset = step_offset
+    for k, phase in enumerate(phases):
+        spec = phase_spec(model, phase, t)
+        fingerprint = cfg.fingerprint("dataset", "method", "seed", "data", "model", "train", "start") + f":{phase}"
+        ckpt = out_dir / f"{phase}.pt"
+        finished = _phase_checkpoint(ckpt, fingerprint)
+        if spec.steps == 0:
+            continue
+        if finished is not None:
+            model.load_state_dict(finished["state_dict"])
+            print(f"[{phase}] already finished ({ckpt}); continuing from it")
+            done.append({"phase": phase, "steps": spec.steps, "seconds": finished.get("seconds", 0.0), "resumed": "finished"})
+            offset += spec.steps
+            continue
+        model.freeze_bn = cfg_freeze_bn(cfg) or trunk_frozen(phase)
+        optimizer = make_optimizer("adam", spec.groups)
+
+        def log(step, metrics, offset=offset):
+            if logger is not None:
+                logger(offset + step, metrics)
+
+        def validate(step):
+            res = evaluate(model, val, meta.num_classes, device, progress=False)
+            return {"val/miou": iou_from_confusion(res.confusion)[1]}
+
+        result = run_phase(
+            model, phase=phase, steps=spec.steps, accumulation=t.accumulation, optimizer=optimizer,
+            loss_fn=loss_for(phase),
+            make_loader=lambda start, k=k: train_loader(data_root, "train", cfg.data, t.batch_size, spec.steps, cfg.seed + k, start),
+            device=device, resume_path=out_dir / f"resume_{phase}.pt", fingerprint=fingerprint,
+            poly_power=spec.poly_power, log_every=t.log_every, checkpoint_every=t.checkpoint_every, logger=log,
+            validate=validate if val is not None else None, val_every=t.val_every,
+            after_update=after_update, interrupt_at=None if interrupt_at is None else interrupt_at - offset,
+            progress=progress,
+        )
+        save_checkpoint(ckpt, model, cfg.to_dict(), phase=phase, step=spec.steps, classes=list(meta.classes),
+                        fingerprint=fingerprint, seconds=result.seconds)
+        clear_resume(out_dir / f"resume_{phase}.pt")
+        done.append({"phase": phase, "steps": spec.steps, "seconds": round(result.seconds, 2), "resumed": result.resumed_from,
+                     "last_loss": result.last_loss})
+        offset += spec.steps
+    model.freeze_bn = cfg_freeze_bn(cfg)
+    return done
+
+
+def cfg_freeze_bn(cfg: RunConfig) -> bool:
+    return (cfg.start or cfg).model.freeze_bn
+
+
+def train_prototypes(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,
+                     interrupt_at: int | None = None) -> dict:
+    """ProtoSeg / ScaleProtoSeg stage 1: warm-up then joint training (projection is the next stage)."""
+    from .training.phases import STAGE1_PHASES, stage1_loss
+
+    out_dir, report_dir = Path(out_dir), Path(report_dir)
+    meta = read_meta(data_root)
+    device = resolve_device(cfg.device)
+    _seed_everything(cfg.seed)
+    model = build_for(cfg, meta.num_classes).to(device)
+    t = cfg.train
+    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, t.val_images)
+    logger = LiveLogger(report_dir / "dvclive", resume=any((out_dir / f).is_file() for f in ("resume_warmup.pt", "resume_joint.pt", "warmup.pt")))
+    phases = run_phases(model, cfg, STAGE1_PHASES, lambda ph: stage1_loss(t, ph), data_root, out_dir, logger, device,
+                        progress, interrupt_at, meta, val=val)
+    logger.end()
+    steps = t.warmup_steps + t.joint_steps
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="joint", step=steps, classes=list(meta.classes))
+    return _train_summary(cfg, out_dir, model, device, phases, steps)
+
+
+def train_groups(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, start_checkpoint: Path | None,
+                 progress: bool = True, interrupt_at: int | None = None) -> dict:
+    """ScaleProtoSeg stage 2: group warm-up then group joint, from the projected scaleprotoseg model."""
+    from .training.phases import GROUP_PHASES, group_loss
+
+    out_dir, report_dir = Path(out_dir), Path(report_dir)
+    if start_checkpoint is None or not Path(start_checkpoint).is_file():
+        raise ArtifactError(f"{start_checkpoint}: scaleprotoseg_groups starts from the projected scaleprotoseg model; "
+                            "run `dvc repro project@scaleprotoseg` first.")
+    meta = read_meta(data_root)
+    device = resolve_device(cfg.device)
+    _seed_everything(cfg.seed)
+    start, start_cfg, payload = load_model(start_checkpoint, device, "project@scaleprotoseg")
+    if start_cfg.to_dict() != cfg.start.to_dict():
+        raise ArtifactError(f"{start_checkpoint} was trained with other scaleprotoseg settings than params.yaml now has; "
+                            "re-run `dvc repro project@scaleprotoseg`.")
+    model = start
+    model.add_groups(cfg.train.groups)
+    # the projection's provenance and patches travel with the model, for the gallery
+    src = Path(start_checkpoint).parent
+    for name in ("provenance.csv", "patches.npz"):
+        if (src / name).is_file():
+            with atomic_path(out_dir / name) as tmp:
+                tmp.write_bytes((src / name).read_bytes())
+    t = cfg.train
+    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, t.val_images)
+    logger = LiveLogger(report_dir / "dvclive", resume=any((out_dir / f).is_file() for f in ("resume_group_warmup.pt", "resume_group_joint.pt", "group_warmup.pt")))
+    phases = run_phases(model, cfg, GROUP_PHASES, lambda ph: group_loss(t), data_root, out_dir, logger, device,
+                        progress, interrupt_at, meta, after_update=model.group_head.project, val=val)
+    logger.end()
+    steps = t.warmup_steps + t.joint_steps
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="group_joint", step=steps, classes=list(meta.classes))
+    return _train_summary(cfg, out_dir, model, device, phases, steps)
+
+
+def _train_summary(cfg, out_dir, model, device, phases, steps) -> dict:
+    summary = {
+        "method": cfg.method,
+        "steps": steps,
+        "phases": phases,
+        "seconds": round(sum(p["seconds"] for p in phases), 2),
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    write_json(Path(out_dir) / "train_summary.json", summary)
+    return summary
 
 
 def read_curves(dvclive_dir: Path) -> dict[str, pd.DataFrame]:
@@ -301,18 +482,116 @@ def read_curves(dvclive_dir: Path) -> dict[str, pd.DataFrame]:
 # 30 project
 
 
-def project(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
-    """Prototype projection (push). DeepLab has no prototypes: record that and pass its model through."""
+def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+    """Projection stage: push + de-duplication + last-layer fine-tuning (+ ProtoSeg pruning); thresholding for
+    the grouped model. DeepLab has no prototypes: it records that and evaluation uses its trained model."""
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     if not (train_dir / "model.pt").is_file():
         raise ArtifactError(f"{train_dir / 'model.pt'} not found; run the training stage first (`dvc repro train@{cfg.method}`).")
     if cfg.method == "deeplab":
         info = {"method": cfg.method, "prototypes": 0, "projected": False,
                 "note": "deeplab is the black-box baseline: it has no prototypes to project; evaluation uses the trained model."}
+    elif cfg.method == "scaleprotoseg_groups":
+        info = threshold_groups(cfg, train_dir, out_dir)
     else:
-        raise ConfigError(f"Projection for method {cfg.method!r} is not available yet.")
+        info = project_prototypes(cfg, data_root, train_dir, out_dir, progress)
     write_json(out_dir / "projection.json", info)
     return info
+
+
+def projection_split(meta) -> str:
+    return "project" if "project" in meta.splits else "train"
+
+
+def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+    from . import projection as pj
+    from .models.prototypes import prototype_names
+    from .training.phases import stage1_loss
+
+    device = resolve_device(cfg.device)
+    _seed_everything(cfg.seed)
+    model, _, payload = load_model(train_dir / "model.pt", device)
+    meta = read_meta(data_root)
+    split = projection_split(meta)
+    source = PreparedDataset(data_root, split)
+    loader = eval_loader(data_root, split, cfg.data, 1)
+    names = prototype_names(model, meta.classes)
+    t0 = time.perf_counter()
+    proj = pj.find_nearest(model, loader, device, progress)
+    seconds_pass = time.perf_counter() - t0
+    with torch.no_grad():
+        model.prototypes.vectors.copy_(proj.vectors)
+    missing = [n for n, f in zip(names, proj.found.tolist()) if not f]
+    table = pj.provenance_table(proj, names, model, source.ids, meta.classes)
+    patches, boxes = pj.source_patches(proj, source)
+    keep = pj.duplicates(model.prototypes.vectors.detach(), model.prototypes.proto_scale)
+    kept_names = [names[i] for i in keep.tolist()]
+    table["kept"] = [n in set(kept_names) for n in table.index]
+    model.keep_prototypes(keep)
+    ids = keep.cpu().numpy()
+    info = {"method": cfg.method, "split": split, "images": len(source), "prototypes_before": len(names),
+            "duplicates_removed": len(names) - len(ids), "no_eligible_pixel": missing,
+            "projection_pass_seconds": round(seconds_pass, 2)}
+    save_checkpoint(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
+    t = cfg.train
+    logger = None
+    phases = run_phases(model, cfg, ("finetune",), lambda ph: stage1_loss(t, ph), data_root, out_dir, logger, device,
+                        progress, None, meta)
+    if cfg.method == "protoseg" and t.prune:
+        best_d, best_m = pj.nearest_patches(model, loader, device, t.prune_k, progress)
+        keep_mask = pj.prune_mask(best_d, best_m, t.prune_threshold)
+        pruned = [kept_names[i] for i in torch.nonzero(~keep_mask).flatten().tolist()]
+        table["pruned"] = [n in set(pruned) for n in table.index]
+        keep2 = torch.nonzero(keep_mask).flatten()
+        ids = ids[keep2.cpu().numpy()]
+        model.keep_prototypes(keep2)
+        info["pruned"] = pruned
+        save_checkpoint(out_dir / "pruned.pt", model, cfg.to_dict(), phase="pruned", step=0, classes=list(meta.classes))
+        phases += run_phases(model, cfg, ("finetune",), lambda ph: stage1_loss(t, ph), data_root, out_dir / "after_pruning",
+                             None, device, progress, None, meta)
+    info["prototypes"] = model.prototypes.num_prototypes
+    info["phases"] = phases
+    write_csv(table, out_dir / "provenance.csv")
+    with atomic_path(out_dir / "patches.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, patches=patches[ids], boxes=boxes[ids], names=np.array([names[i] for i in ids]))
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="final", step=0, classes=list(meta.classes))
+    return info
+
+
+def provenance(project_dir: Path) -> pd.DataFrame:
+    """The provenance table written by the projection (empty for deeplab)."""
+    path = Path(project_dir) / "provenance.csv"
+    return pd.read_csv(path, index_col=0) if path.is_file() else pd.DataFrame()
+
+
+def gallery_figure(project_dir: Path, report_dir: Path, title: str):
+    """Draw (and save as gallery.png) the source patches of the final prototypes; a note for deeplab."""
+    path = Path(project_dir) / "patches.npz"
+    if not path.is_file():
+        from IPython.display import Markdown
+
+        return Markdown("*No prototypes: nothing to show.*")
+    with np.load(path) as z:
+        fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), title=title)
+    plots.save_figure(fig, Path(report_dir) / "gallery.png")
+    return show(Path(report_dir) / "gallery.png")
+
+
+def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
+    """The grouped model is evaluated after zeroing group weights below the threshold (no renormalisation)."""
+    from .models.prototypes import prototype_counts
+
+    model, _, payload = load_model(train_dir / "model.pt")
+    before = prototype_counts(model)
+    model.group_head.threshold(cfg.train.threshold)
+    after = prototype_counts(model)
+    for name in ("provenance.csv", "patches.npz"):
+        if (train_dir / name).is_file():
+            with atomic_path(out_dir / name) as tmp:
+                tmp.write_bytes((train_dir / name).read_bytes())
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="thresholded", step=0, classes=payload["classes"])
+    return {"method": cfg.method, "threshold": cfg.train.threshold, "before_threshold": before, **after}
 
 
 def final_checkpoint(train_dir: Path, project_dir: Path) -> Path:
@@ -341,6 +620,10 @@ def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir
     res = evaluate(model, loader, meta.num_classes, device, keep=keep, progress=progress)
     metrics = summarise(res.confusion, meta.classes)
     metrics["images"] = res.n_images
+    if hasattr(model, "prototypes"):
+        from .models.prototypes import prototype_counts
+
+        metrics.update(prototype_counts(model))
     write_json(report_dir / "metrics.json", metrics)
     table = per_class_table(metrics)
     write_csv(table, report_dir / "per_class_iou.csv")
@@ -417,10 +700,9 @@ def show(path: str | Path):
 
 
 def model_summary(cfg: RunConfig, data_root: Path) -> pd.DataFrame:
-    """Parameter counts of the method's model per optimiser group (built without downloading weights)."""
+    """Parameter counts of the method's model per parameter group (built without downloading weights)."""
     meta = read_meta(data_root)
-    model_cfg = type(cfg.model)(**{**cfg.model.__dict__, "pretrained": False})
-    model = build_model(cfg.method, model_cfg, meta.num_classes)
+    model = build_for(cfg, meta.num_classes, offline=True)
     rows = {g: sum(p.numel() for p in ps) for g, ps in model.param_groups().items()}
     rows["total (incl. frozen)"] = sum(p.numel() for p in model.parameters())
     return pd.DataFrame({"parameters": rows})

@@ -132,3 +132,34 @@ def save_figure(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def prototype_gallery(patches: np.ndarray, boxes: np.ndarray, names, title: str = "Prototypes: source patches",
+                      max_classes: int = 12, max_per_class: int = 12):
+    """One row per class, its prototypes ordered by scale; each shows the image patch its vector was
+    projected from, with the high-activation box. Names are '<class>/s<scale>/<m>'."""
+    from matplotlib.patches import Rectangle
+
+    by_class: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        by_class.setdefault(str(n).split("/")[0], []).append(i)
+    classes = list(by_class)[:max_classes]
+    ncol = max(min(max(len(v) for v in by_class.values()), max_per_class), 1)
+    fig, axes = plt.subplots(len(classes), ncol, figsize=(1.3 * ncol, 1.5 * len(classes)), squeeze=False)
+    for r, c in enumerate(classes):
+        idx = sorted(by_class[c], key=lambda i: (str(names[i]).split("/")[1], i))[:ncol]
+        for k in range(ncol):
+            ax = axes[r, k]
+            ax.axis("off")
+            if k >= len(idx):
+                continue
+            i = idx[k]
+            ax.imshow(patches[i])
+            y0, x0, y1, x1 = boxes[i]
+            if y0 >= 0:
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.2))
+            ax.set_title("/".join(str(names[i]).split("/")[1:]), fontsize=7)
+        axes[r, 0].text(-0.15, 0.5, c, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

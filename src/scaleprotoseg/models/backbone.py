@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -222,6 +223,38 @@ def load_torchvision_resnet101(model: DeepLabResNet101, state: dict[str, torch.T
         )
 
 
+class UNet(nn.Module):
+    """The EM preset's trunk (official-implementation §2.10): a standard U-Net (widths w…16w, max-pool down,
+    transposed-conv up, BatchNorm) whose 1×1 head gives `out_channels` features at full resolution; no
+    pre-training, BatchNorm trained. Input sides must be divisible by 16."""
+
+    def __init__(self, width: int = 64, out_channels: int = 64):
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                                 nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+        w = [width * 2**i for i in range(5)]
+        self.down = nn.ModuleList([block(3, w[0])] + [block(w[i], w[i + 1]) for i in range(4)])
+        self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(4)))
+        self.merge = nn.ModuleList(block(2 * w[i], w[i]) for i in reversed(range(4)))
+        self.head = nn.Conv2d(w[0], out_channels, 1)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, blk in enumerate(self.down):
+            x = blk(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, merge in zip(self.up, self.merge):
+            skip = skips.pop()
+            x = up(x)
+            x = merge(torch.cat([skip, F.interpolate(x, size=skip.shape[-2:]) if x.shape[-2:] != skip.shape[-2:] else x], 1))
+        return self.head(x)
+
+
 def build_backbone(name: str, pretrained: bool = False, pretrained_path: str | None = None, width: int = 32) -> nn.Module:
     if name == "resnet101":
         trunk = DeepLabResNet101()
@@ -232,4 +265,8 @@ def build_backbone(name: str, pretrained: bool = False, pretrained_path: str | N
         if pretrained or pretrained_path:
             raise ConfigError("model.pretrained: the `small` backbone has no ImageNet weights; set model.pretrained: false.")
         return SmallDilatedResNet(width)
-    raise ConfigError(f"model.backbone is {name!r}; choose 'resnet101' or 'small'.")
+    if name == "unet":
+        if pretrained or pretrained_path:
+            raise ConfigError("model.pretrained: the `unet` backbone (EM) is trained from scratch; set model.pretrained: false.")
+        return UNet(width)
+    raise ConfigError(f"model.backbone is {name!r}; choose 'resnet101', 'small' or 'unet'.")

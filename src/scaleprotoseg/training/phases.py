@@ -1,0 +1,118 @@
+"""Training phases of the prototype methods: which parameters train, at which learning rates, on which loss.
+
+official-implementation §4.2 (stage 1) and §4.4 (stage 2):
+
+| phase          | trains                               | schedule | loss                                  |
+|----------------|--------------------------------------|----------|---------------------------------------|
+| `warmup`       | ASPP, prototypes                     | constant | CE + KLD (+ L1, no effect: head fixed)|
+| `joint`        | trunk (lower LR), ASPP, prototypes   | poly 0.9 | CE + KLD                              |
+| `finetune`     | last layer                           | constant | CE + L1 on off-class weights          |
+| `group_warmup` | group weights                        | constant | CE + L1 + group entropy               |
+| `group_joint`  | group weights, group head            | poly 0.9 | CE + L1 + group entropy               |
+
+Weight decay (coupled L2, as the paper's Adam) applies to the trunk and the ASPP only. Every parameter not in
+a phase's optimiser has `requires_grad=False`, so exactly the intended parameters receive gradients. In
+`finetune` the KLD term is not computed: it does not depend on the last layer, so its gradient is zero.
+In the group phases everything up to the similarities is frozen and runs under `no_grad`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import GroupTrainConfig, PrototypeTrainConfig
+from ..losses import kld_loss, msc_mean, pixel_cross_entropy
+from ..models.prototypes import PrototypeSegmenter, log_similarity
+
+STAGE1_PHASES = ("warmup", "joint")
+GROUP_PHASES = ("group_warmup", "group_joint")
+TRAINS = {
+    "warmup": ("aspp", "prototypes"),
+    "joint": ("trunk", "aspp", "prototypes"),
+    "finetune": ("last_layer",),
+    "group_warmup": ("group_weights",),
+    "group_joint": ("group_weights", "group_head"),
+}
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    name: str
+    steps: int
+    groups: list[dict]  # optimiser parameter groups with their lr and weight decay
+    poly_power: float
+
+
+def phase_spec(model: PrototypeSegmenter, phase: str, t: PrototypeTrainConfig | GroupTrainConfig) -> PhaseSpec:
+    """Set `requires_grad` for `phase` and return its optimiser groups (the paper's LRs)."""
+    params = model.param_groups()
+    trains = TRAINS[phase]
+    for name, ps in params.items():
+        for p in ps:
+            p.requires_grad_(name in trains)
+    if phase in ("warmup", "joint"):
+        warm = phase == "warmup"
+        groups = [
+            {"params": params["aspp"], "lr": t.lr_warmup_aspp if warm else t.lr_joint_aspp, "weight_decay": t.weight_decay},
+            {"params": params["prototypes"], "lr": t.lr_warmup_prototypes if warm else t.lr_joint_prototypes, "weight_decay": 0.0},
+        ]
+        if not warm:
+            groups.insert(0, {"params": [p for p in params["trunk"] if p.requires_grad], "lr": t.lr_joint_trunk,
+                              "weight_decay": t.weight_decay})
+        steps = t.warmup_steps if warm else t.joint_steps
+        return PhaseSpec(phase, steps, groups, 0.0 if warm else t.poly_power)
+    if phase == "finetune":
+        return PhaseSpec(phase, t.finetune_steps, [{"params": params["last_layer"], "lr": t.lr_last_layer, "weight_decay": 0.0}], 0.0)
+    if phase == "group_warmup":
+        return PhaseSpec(phase, t.warmup_steps, [{"params": params["group_weights"], "lr": t.lr_warmup_groups, "weight_decay": 0.0}], 0.0)
+    if phase == "group_joint":
+        return PhaseSpec(phase, t.joint_steps, [
+            {"params": params["group_weights"], "lr": t.lr_joint_groups, "weight_decay": 0.0},
+            {"params": params["group_head"], "lr": t.lr_joint_head, "weight_decay": 0.0},
+        ], t.poly_power)
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+def trunk_frozen(phase: str) -> bool:
+    """Phases that do not train the trunk keep its BatchNorm statistics fixed too."""
+    return "trunk" not in TRAINS[phase]
+
+
+def stage1_loss(t: PrototypeTrainConfig, phase: str):
+    """loss_fn(model, images, labels) for warm-up, joint and fine-tuning (averaged over MSC outputs)."""
+    with_kld = phase != "finetune" and t.loss_kld > 0
+
+    def one(out, labels, model):
+        loss = t.loss_ce * pixel_cross_entropy(out["logits"], labels)
+        if with_kld:
+            p = model.prototypes
+            loss = loss + t.loss_kld * kld_loss(out["distances"], labels, p.proto_class, p.proto_scale,
+                                                model.num_classes, per_scale=model.multiscale)
+        return loss
+
+    def loss_fn(model, images, labels):
+        outs = model(images)
+        outs = outs if isinstance(outs, list) else [outs]
+        loss = sum(one(o, labels, model) for o in outs) / len(outs)
+        if phase == "finetune" and t.loss_l1 > 0:
+            loss = loss + t.loss_l1 * model.off_class_l1()
+        return loss
+
+    return loss_fn
+
+
+def group_loss(t: GroupTrainConfig):
+    """loss_fn for the group phases: frozen features under no_grad, then the group head."""
+
+    def loss_fn(model, images, labels):
+        with torch.no_grad():
+            feats = model.features(images)
+            feats = feats if isinstance(feats, list) else [feats]
+            sims = [log_similarity(model.prototypes.distances(f)) for f in feats]
+        gh = model.group_head
+        ce = msc_mean(pixel_cross_entropy, [gh(s) for s in sims], labels)
+        return t.loss_ce * ce + t.loss_l1 * gh.off_class_l1() + t.loss_entropy * gh.entropy()
+
+    return loss_fn
