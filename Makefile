@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test unit nbval clean-venv
+.PHONY: setup repro test unit nbval bench clean-venv
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ unit: setup
 
 nbval: setup
 	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
+
+# Cost of the prototype methods relative to DeepLab, side by side in one run (ratios; see README).
+bench: setup
+	$(PY) -m scaleprotoseg.bench $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

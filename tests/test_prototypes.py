@@ -158,7 +158,7 @@ def test_distances_float32_and_scale_isolation():
     s = int(layer.proto_scale[p])
     assert s == 2
     feats[0, s * D : (s + 1) * D, 1, 2] = layer.vectors.data[p]
-    d = layer.distances(feats)
+    d = layer.distances(feats).detach()
     want = naive_distances(feats.double(), layer.vectors.detach().double(), layer.proto_scale, D)
     torch.testing.assert_close(d.double(), want, rtol=1e-4, atol=1e-5)
     assert (d >= 0).all()
@@ -166,7 +166,7 @@ def test_distances_float32_and_scale_isolation():
     # Changing another scale's channels leaves every scale-2 distance unchanged, and changes scale 0's.
     feats2 = feats.clone()
     feats2[:, 0:D] = torch.rand(1, D, 4, 4)
-    d2 = layer.distances(feats2)
+    d2 = layer.distances(feats2).detach()
     on2 = layer.proto_scale == 2
     on0 = layer.proto_scale == 0
     torch.testing.assert_close(d2[:, on2], d[:, on2])
@@ -339,7 +339,7 @@ def test_kld_no_pairs_is_zero_with_zero_gradient():
     lab = torch.full((2, 4, 5), VOID, dtype=torch.long)
     lab[0, 0, 0] = 1  # a single pixel: not enough
     loss = kld_loss(dist, lab, pc, ps, K, per_scale=True)
-    assert float(loss) == 0.0
+    assert float(loss.detach()) == 0.0
     g, = torch.autograd.grad(loss, dist)
     assert torch.equal(g, torch.zeros_like(g))
 
@@ -389,7 +389,12 @@ def test_project_simplex_hand_examples(v, want, dtype):
     torch.testing.assert_close(got, torch.tensor(want, dtype=dtype), rtol=0, atol=1e-6)
     for g, w in zip(got.tolist(), want):
         if w == 0.0:
-            assert g == 0.0  # exact zeros
+            if dtype == torch.float32:
+                assert g == 0.0  # exact zeros in the parameters' dtype
+            else:
+                # float64: an entry exactly at θ can be left at round-off level (5.6e-17 for the first example),
+                # exactly as the reference numpy `projection_simplex_sort` does; anything else is exactly 0.
+                assert 0.0 <= g < 1e-15
     assert float(got.sum()) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -418,7 +423,9 @@ def test_project_simplex_float32_properties_and_idempotence():
     assert (p == 0.0).sum() > 0
     pp = project_simplex(p)
     torch.testing.assert_close(pp, p, rtol=0, atol=1e-6)
-    assert torch.equal(pp == 0, p == 0)
+    # Re-projecting a row whose float32 sum is 1 ± ulp may lift its zeros to round-off level (the exact
+    # projection spreads the deficit), but never further.
+    assert (pp[p == 0] <= 1e-7).all()
     # The rank order is preserved.
     for r in range(50):
         for i in range(12):
@@ -507,7 +514,7 @@ def test_group_head_initialisation(proto_class, K):
             row = gh.weight[c, g]
             n = counts[c]
             assert (row[:n] >= 0).all()
-            assert float(row[:n].sum()) == pytest.approx(1.0, abs=1e-5)
+            assert float(row[:n].sum().detach()) == pytest.approx(1.0, abs=1e-5)
             assert (row[n:] == 0).all()
     want_head = torch.tensor([[1.0 if n // G == k else -0.5 for n in range(K * G)] for k in range(K)])
     torch.testing.assert_close(gh.head.data, want_head)
@@ -556,7 +563,7 @@ def test_group_head_threshold_used_prototypes_and_entropy():
         for g in range(G):
             ent += -sum(float(x) * math.log(float(x) + 1e-5) for x in after[c, g, :n_c]) / math.log(n_c)
             n += 1
-    assert float(gh.entropy()) == pytest.approx(ent / n, rel=1e-5)
+    assert float(gh.entropy().detach()) == pytest.approx(ent / n, rel=1e-6)
 
 
 def test_group_entropy_random_and_empty_class():
@@ -575,7 +582,7 @@ def test_group_entropy_random_and_empty_class():
             continue
         for g in range(G):
             terms.append(-sum(float(x) * math.log(float(x) + 1e-5) for x in w[c, g, :n]) / math.log(n))
-    assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-10)
+    assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-6)  # log(n_c) is taken in float32
     # Uniform rows have entropy ≈ 1, one-hot rows ≈ 0.
     uni = torch.where(valid[:, None, :], 1.0 / torch.tensor(counts).clamp(min=1)[:, None, None].double(), 0.0)
     uni = uni.expand(K, G, max(counts))
@@ -644,7 +651,8 @@ def test_pascal_scaleprotoseg_counts(pascal_scaleprotoseg):
 def test_pascal_trunk_matches_torchvision_resnet101_count(pascal_scaleprotoseg):
     import torchvision
 
-    tv = torchvision.models.resnet101(weights=None)
+    with torch.device("meta"):  # shapes only: no weight initialisation
+        tv = torchvision.models.resnet101(weights=None)
     want = numel(tv.parameters()) - numel(tv.fc.parameters())
     got = numel(pascal_scaleprotoseg.backbone.parameters())
     assert got == want
@@ -686,13 +694,35 @@ def test_pascal_protoseg_counts(pascal_protoseg):
 
 
 def test_pascal_eval_output_shape(pascal_scaleprotoseg):
+    """One ResNet-101 forward on CPU; MSC is switched off here to keep it cheap (MSC's eval fusion keeps the
+    full-scale shape, checked on the small backbone below)."""
     m = pascal_scaleprotoseg
-    assert m.group_head is None
-    with torch.no_grad():
-        out = m(torch.zeros(1, 3, 321, 321))
+    assert m.group_head is None and not m.training
+    msc, m.msc_scales = m.msc_scales, ()
+    try:
+        with torch.no_grad():
+            out = m(torch.zeros(1, 3, 321, 321))
+    finally:
+        m.msc_scales = msc
     assert isinstance(out, dict)
     assert tuple(out["logits"].shape) == (1, 21, 41, 41)
     assert tuple(out["distances"].shape) == (1, 252, 41, 41)
+    assert tuple(out["similarities"].shape) == (1, 252, 41, 41)
+
+
+def test_msc_outputs_small_backbone():
+    """Eval: one dict at full-scale resolution; training: full, 0.5, 0.75 and the fused max (§2.3)."""
+    torch.manual_seed(0)
+    m = build_model("scaleprotoseg", small_cfg(msc_scales=(0.5, 0.75)), 3, prototypes=2, features=4)
+    x = torch.rand(2, 3, 65, 65)
+    m.eval()
+    with torch.no_grad():
+        out = m(x)
+    assert isinstance(out, dict) and tuple(out["logits"].shape) == (2, 3, 9, 9)
+    m.train()
+    outs = m(x)
+    assert isinstance(outs, list) and len(outs) == 4
+    assert [tuple(o["logits"].shape[-2:]) for o in outs] == [(9, 9), (5, 5), (7, 7), (9, 9)]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_train_evaluate_and_curves(tmp_path, tiny_dataset, tiny_cfg):
     curves = pipeline.read_curves(tmp_path / "rep" / "dvclive")
     assert "train/loss" in curves and len(curves["train/loss"]) == tiny_cfg.train.steps
     assert "val/miou" in curves
-    pipeline.project(tiny_cfg, tmp_path / "train", tmp_path / "proj")
+    pipeline.project(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj")
     out = pipeline.evaluate_stage(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj", tmp_path / "eval", progress=False)
     m = out["metrics"]
     assert m["images"] == 3 and 0 <= m["miou"] <= 100

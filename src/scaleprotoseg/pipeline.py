@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from . import plots
-from .config import RunConfig, load_config, method_names, read_params, set_key
+from .config import RunConfig, load_config, method_names, read_params, set_key  # noqa: F401 (method_names: notebooks)
 from .data.loader import eval_loader, train_loader
 from .data.prepared import PreparedDataset, read_meta
 from .data.synthetic import SyntheticSpec, generate
@@ -659,9 +659,20 @@ def interpret(cfg: RunConfig, report_dir: Path) -> dict:
 # 60 report
 
 
-def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Path, train_dir: Path) -> dict:
-    """Gather every method's metrics, timings and curves for the final report."""
+# The paper's validation mIoU (targets.md; mean of 3 runs). The ScaleProtoSeg figures are for the grouped,
+# thresholded model; DeepLab-v2's are the published ones (Pascal: with CRF; 76.35 without).
+PUBLISHED_MIOU = {
+    "cityscapes": {"deeplab": 71.40, "protoseg": 67.54, "scaleprotoseg_groups": 68.97},
+    "pascal": {"deeplab": 77.69, "protoseg": 71.98, "scaleprotoseg_groups": 71.80},
+    "ade20k": {"deeplab": 34.00, "protoseg": 29.67, "scaleprotoseg_groups": 34.18},
+}
+
+
+def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Path, train_dir: Path,
+                    project_dir: Path | None = None, dataset: str = "embedded") -> dict:
+    """Gather every method's metrics, prototype counts, timings and curves for the final report."""
     rows, iou, curves = [], {}, {}
+    published = PUBLISHED_MIOU.get(dataset, {})
     for m in methods:
         path = Path(evaluate_dir) / m / "metrics.json"
         if not path.is_file():
@@ -669,11 +680,30 @@ def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Pa
         met = read_json(path)
         summ_path = Path(train_dir) / m / "train_summary.json"
         summ = read_json(summ_path) if summ_path.is_file() else {}
-        rows.append({"method": m, "mIoU %": met["miou"], "pixel acc. %": met["pixel_accuracy"],
-                     "train steps": summ.get("steps"), "train s": summ.get("seconds"), "parameters": summ.get("parameters")})
+        row = {"method": m, "mIoU %": met["miou"]}
+        if published:
+            row["paper mIoU %"] = published.get(m)
+        row.update({
+            "pixel acc. %": met["pixel_accuracy"],
+            "prototypes": met.get("prototypes", 0),
+            "prototypes used": met.get("prototypes_used", met.get("prototypes", 0)),
+            "used %": met.get("prototypes_used_%", 100.0 if met.get("prototypes") else None),
+            "zero group weights %": met.get("group_weights_zero_%"),
+            "non-zero weights / group": met.get("nonzero_per_group"),
+            "train steps": summ.get("steps"),
+            "train s": summ.get("seconds"),
+        })
+        rows.append(row)
         iou[m] = met["iou"]
         curves[m] = read_curves(Path(train_report_dir) / m / "dvclive")
-    return {"table": pd.DataFrame(rows).set_index("method"), "iou": pd.DataFrame(iou), "curves": curves}
+    table = pd.DataFrame(rows).set_index("method")
+    gallery = None
+    if project_dir is not None:
+        for m in ("scaleprotoseg_groups", "scaleprotoseg", "protoseg"):
+            if m in methods and (Path(project_dir) / m / "patches.npz").is_file():
+                gallery = (m, Path(project_dir) / m / "patches.npz")
+                break
+    return {"table": table, "iou": pd.DataFrame(iou), "curves": curves, "gallery": gallery}
 
 
 def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
@@ -681,10 +711,21 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
     table = results["table"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(table, out_dir / "results.csv")
+    note = ("\n\nThe paper's numbers (targets.md) are validation mIoU, mean of 3 runs; its ScaleProtoSeg figure is the "
+            "grouped model after thresholding at 0.05; its DeepLab-v2 figure is the published one.\n"
+            if "paper mIoU %" in table else
+            "\n\nThis dataset is not one of the paper's: no published numbers to compare with.\n")
     with atomic_path(out_dir / "results.md") as tmp:
-        tmp.write_text(f"# Results on `{dataset}`\n\n{table.to_markdown()}\n")
+        tmp.write_text(f"# Results on `{dataset}`\n\n{table.to_markdown(floatfmt='.2f')}{note}")
     plots.save_figure(plots.per_class_iou_figure(results["iou"]), out_dir / "per_class_iou.png")
     plots.save_figure(plots.curves_figure(results["curves"]), out_dir / "training_curves.png")
+    if results.get("gallery"):
+        m, path = results["gallery"]
+        with np.load(path) as z:
+            fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), title=f"{m}: prototypes by class and scale")
+    else:
+        fig = plots.message_figure("No prototype method in experiment.methods: no gallery.")
+    plots.save_figure(fig, out_dir / "gallery.png")
     return {"methods": list(table.index), "best": str(table["mIoU %"].idxmax())}
 
 

@@ -163,3 +163,10 @@ def prototype_gallery(patches: np.ndarray, boxes: np.ndarray, names, title: str 
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def message_figure(text: str):
+    fig, ax = plt.subplots(figsize=(6, 1))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return fig

@@ -183,6 +183,7 @@ class PrototypeSegmenter(nn.Module):
         self.group_head: GroupHead | None = None
         self.num_classes, self.multiscale = num_classes, multiscale
         self.msc_scales, self.freeze_bn = tuple(msc_scales), freeze_bn
+        self.bn_frozen = freeze_bn  # the paper: BatchNorm frozen to ImageNet statistics, never optimised
 
     # -- structure -----------------------------------------------------------------------------------------
     def add_groups(self, groups: int) -> GroupHead:
@@ -248,8 +249,11 @@ class PrototypeSegmenter(nn.Module):
 
     # -- parameters and regularisers -------------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        bn = {id(p) for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+        trunk = [p for p in self.backbone.parameters() if not (self.bn_frozen and id(p) in bn)]
         groups = {
-            "trunk": [p for p in self.backbone.parameters()],
+            "trunk": trunk,
+            "frozen_bn": [p for p in self.backbone.parameters() if self.bn_frozen and id(p) in bn],
             "aspp": list(self.aspp.parameters()),
             "prototypes": [self.prototypes.vectors],
             "last_layer": [self.last_layer],

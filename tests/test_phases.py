@@ -1,0 +1,143 @@
+"""Training phases: exactly the intended parameters get gradients; every paper preset builds its model and
+optimiser with the paper's numbers; bad method settings stop with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scaleprotoseg import pipeline
+from scaleprotoseg.config import METHODS, load_config
+from scaleprotoseg.errors import ConfigError
+from scaleprotoseg.training.loop import make_optimizer
+from scaleprotoseg.training.phases import TRAINS, group_loss, phase_spec, stage1_loss
+
+SMALL = {
+    "presets.embedded.model.width": 4,
+    "experiment.device": "cpu",
+}
+
+
+def small_model(params, method):
+    overrides = dict(SMALL)
+    for m in ("protoseg", "scaleprotoseg"):
+        overrides[f"presets.embedded.{m}.features"] = 4
+    cfg = load_config(params, method=method, overrides=overrides)
+    torch.manual_seed(0)
+    return pipeline.build_for(cfg, 3, offline=True), cfg
+
+
+def grad_owners(model):
+    """Which parameter groups received a non-zero gradient."""
+    owners = set()
+    for name, ps in model.param_groups().items():
+        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps):
+            owners.add(name)
+    return owners
+
+
+@pytest.mark.parametrize("method,phase", [
+    ("protoseg", "warmup"), ("protoseg", "joint"), ("protoseg", "finetune"),
+    ("scaleprotoseg", "warmup"), ("scaleprotoseg", "joint"), ("scaleprotoseg", "finetune"),
+    ("scaleprotoseg_groups", "group_warmup"), ("scaleprotoseg_groups", "group_joint"),
+])
+def test_each_phase_trains_exactly_its_parameters(params, method, phase):
+    model, cfg = small_model(params, method)
+    spec = phase_spec(model, phase, cfg.train)
+    model.train()
+    x = torch.randn(2, 3, 40, 40)
+    y = torch.randint(0, 3, (2, 40, 40))
+    loss_fn = group_loss(cfg.train) if phase.startswith("group") else stage1_loss(cfg.train, phase)
+    loss_fn(model, x, y).backward()
+    assert grad_owners(model) == set(TRAINS[phase])
+    in_optimizer = {id(p) for g in spec.groups for p in g["params"]}
+    intended = {id(p) for name in TRAINS[phase] for p in model.param_groups()[name]}
+    assert in_optimizer == intended
+    # the frozen ones do not even require grad
+    frozen = [p for name, ps in model.param_groups().items() if name not in TRAINS[phase] for p in ps]
+    assert not any(p.requires_grad for p in frozen)
+
+
+def test_joint_phase_learning_rates_and_weight_decay_follow_the_paper(params):
+    cfg = load_config(params, dataset="pascal", method="scaleprotoseg")
+    with torch.device("meta"):
+        model = pipeline.build_for(cfg, 21, offline=True)
+    spec = phase_spec(model, "joint", cfg.train)
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in spec.groups for p in g["params"]}
+    assert by_param[id(model.prototypes.vectors)] == (2.5e-4, 0.0)
+    assert by_param[id(model.aspp.branches[0].weight)] == (2.5e-4, 5e-4)
+    assert by_param[id(next(model.backbone.parameters()))] == (2.5e-5, 5e-4)  # the stem conv
+    bn = [p for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert bn and not any(id(p) in by_param for p in bn)  # frozen BatchNorm is in no optimiser group
+    assert spec.poly_power == 0.9 and cfg.train.batch_size * cfg.train.accumulation == 10
+    warm = phase_spec(model, "warmup", cfg.train)
+    assert warm.poly_power == 0.0 and len(warm.groups) == 2
+    fine = phase_spec(model, "finetune", cfg.train)
+    assert fine.groups[0]["lr"] == 1e-5 and fine.groups[0]["params"] == [model.last_layer]
+
+
+PAPER = {  # dataset: (classes, protoseg P, scaleprotoseg P, ws, js, fs, L1, MSC)
+    "pascal": (21, 210, 252, 15000, 150000, 30000, 1e-4, (0.5, 0.75)),
+    "cityscapes": (19, 190, 228, 15000, 150000, 10000, 1e-4, ()),
+    "ade20k": (150, 1800, 1800, 30000, 300000, 20000, 1e-5, ()),
+    "coco_stuff": (182, 2184, 2184, 6000, 100000, 4000, 1e-5, (0.5, 0.75)),
+    "em": (2, 20, 24, 0, 10000, 10000, 1e-4, ()),
+}
+GROUPS = {  # dataset: (warm-up, joint, L1, entropy)
+    "pascal": (10000, 150000, 1e-3, 0.05),
+    "cityscapes": (10000, 150000, 1e-3, 0.05),
+    "ade20k": (10000, 150000, 1e-4, 0.25),
+    "coco_stuff": (2000, 30000, 1e-4, 0.25),
+    "em": (0, 10000, 1e-4, 0.05),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER))
+@pytest.mark.parametrize("method", METHODS)
+def test_paper_presets_build_model_and_optimiser(params, dataset, method):
+    K, p_ps, p_sps, ws, js, fs, l1, msc = PAPER[dataset]
+    cfg = load_config(params, dataset=dataset, method=method)
+    assert cfg.model.msc_scales == msc
+    assert cfg.model.aspp_rates == (6, 12, 18, 24)
+    # shapes only (meta device: no memory, no weights, no download); the group head reads the class table,
+    # which needs real tensors
+    with torch.device("cpu" if method == "scaleprotoseg_groups" else "meta"):
+        model = pipeline.build_for(cfg, K, offline=True)
+    if method == "deeplab":
+        groups = model.param_groups()
+        make_optimizer(cfg.train.optimizer, [{"params": groups["trunk"], "lr": cfg.train.lr},
+                                             {"params": groups["head"], "lr": cfg.train.lr * cfg.train.head_lr_mult}])
+        return
+    P = model.prototypes.num_prototypes
+    if method == "scaleprotoseg_groups":
+        gw, gj, gl1, ent = GROUPS[dataset]
+        t = cfg.train
+        assert (t.warmup_steps, t.joint_steps, t.loss_l1, t.loss_entropy, t.threshold, t.groups) == (gw, gj, gl1, ent, 0.05, 3)
+        assert P == p_sps and tuple(model.group_head.weight.shape) == (K, 3, P // K)
+        spec = phase_spec(model, "group_joint", t)
+    else:
+        t = cfg.train
+        assert P == (p_ps if method == "protoseg" else p_sps)
+        assert (t.warmup_steps, t.joint_steps, t.finetune_steps, t.loss_l1, t.loss_kld) == (ws, js, fs, l1, 0.25)
+        assert t.prune == (method == "protoseg")
+        assert model.prototypes.dim == 64
+        spec = phase_spec(model, "joint", t)
+    make_optimizer("adam", spec.groups)
+
+
+@pytest.mark.parametrize("methods,match", [
+    ({"deeplab": {"after": "src/scaleprotoseg/models"}, "protoseeg": {"after": "src/scaleprotoseg/models"}}, "protoseeg"),
+    ({"scaleprotoseg_groups": {"after": "artifacts/project/scaleprotoseg"}}, "add scaleprotoseg"),
+    ({"scaleprotoseg": {"after": "artifacts/project/scaleprotoseg"}}, "experiment.methods.scaleprotoseg"),
+    (["deeplab"], "experiment.methods must map"),
+])
+def test_bad_method_settings_name_the_key(params, methods, match):
+    params["experiment"]["methods"] = methods
+    with pytest.raises(ConfigError, match=match):
+        load_config(params, method="deeplab")
+
+
+def test_exponent_without_dot_gets_a_yaml_hint(params):
+    params["presets"]["embedded"]["scaleprotoseg"]["lr_last_layer"] = "1e-05"
+    with pytest.raises(ConfigError, match=r"presets.embedded.scaleprotoseg.lr_last_layer.*1.0e-5"):
+        load_config(params, method="scaleprotoseg")
