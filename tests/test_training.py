@@ -73,3 +73,57 @@ def test_train_evaluate_and_curves(tmp_path, tiny_dataset, tiny_cfg):
     assert m["images"] == 3 and 0 <= m["miou"] <= 100
     for f in ("metrics.json", "per_class_iou.csv", "confusion.png", "predictions.png"):
         assert (tmp_path / "eval" / f).is_file()
+
+
+PROTO_TINY = {
+    "presets.embedded.data.crop": 32,
+    "presets.embedded.model.width": 4,
+    "experiment.device": "cpu",
+    **{f"presets.embedded.scaleprotoseg.{k}": v for k, v in {
+        "features": 4, "batch_size": 2, "warmup_steps": 2, "joint_steps": 4, "finetune_steps": 2, "log_every": 1,
+        "checkpoint_every": 2, "val_every": 0, "val_images": 2}.items()},
+    **{f"presets.embedded.scaleprotoseg_groups.{k}": v for k, v in {
+        "batch_size": 2, "warmup_steps": 2, "joint_steps": 2, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
+        "val_images": 2}.items()},
+}
+
+
+def test_prototype_training_resumes_across_phases(tmp_path, tiny_dataset, params, capsys):
+    cfg = pipeline.load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
+    pipeline.train(cfg, tiny_dataset, tmp_path / "ref", tmp_path / "ref_rep", progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # interrupted in the joint phase (global step 4 = joint step 2)
+        pipeline.train(cfg, tiny_dataset, run, tmp_path / "run_rep", progress=False, interrupt_at=4)
+    assert (run / "warmup.pt").is_file() and not (run / "joint.pt").exists()
+    pipeline.train(cfg, tiny_dataset, run, tmp_path / "run_rep2", progress=False)
+    out = capsys.readouterr().out
+    assert "[warmup] already finished" in out and "[joint] resuming from step 2" in out
+    ref, got = _final_state(tmp_path / "ref" / "model.pt"), _final_state(run / "model.pt")
+    for k in ref:
+        assert torch.allclose(ref[k].float(), got[k].float(), atol=1e-6), k
+    # the skipped warm-up's curve is replayed into the new run's logs
+    curves = pipeline.read_curves(tmp_path / "run_rep2" / "dvclive")
+    assert len(curves["warmup/loss"]) == 2
+
+
+def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset, params):
+    cfg = pipeline.load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
+    pipeline.train(cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
+    info = pipeline.project(cfg, tiny_dataset, tmp_path / "t", tmp_path / "p", progress=False)
+    model, _, _ = pipeline.load_model(tmp_path / "p" / "model.pt")
+    assert model.prototypes.num_prototypes == info["prototypes"] == info["prototypes_before"] - info["duplicates_removed"]
+    assert len(pipeline.provenance(tmp_path / "p")) == info["prototypes_before"]
+    gcfg = pipeline.load_config(params, method="scaleprotoseg_groups", overrides=PROTO_TINY)
+    pipeline.train(gcfg, tiny_dataset, tmp_path / "gt", tmp_path / "gr", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")
+    ginfo = pipeline.project(gcfg, tiny_dataset, tmp_path / "gt", tmp_path / "gp", progress=False)
+    grouped, _, _ = pipeline.load_model(tmp_path / "gp" / "model.pt")
+    w = grouped.group_head.weight[grouped.group_head.valid_weights()]
+    assert ((w == 0) | (w >= gcfg.train.threshold)).all()
+    assert ginfo["prototypes_used"] <= ginfo["prototypes"]
+    # the stage-1 parts of the grouped model are exactly the projected scaleprotoseg model's
+    assert torch.equal(grouped.prototypes.vectors, model.prototypes.vectors)
+    # a group run against a different scaleprotoseg configuration is refused
+    other = pipeline.load_config(params, method="scaleprotoseg_groups",
+                                 overrides={**PROTO_TINY, "presets.embedded.scaleprotoseg.loss_kld": 0.5})
+    with pytest.raises(ArtifactError, match="project@scaleprotoseg"):
+        pipeline.train(other, tiny_dataset, tmp_path / "gt2", tmp_path / "gr2", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")

@@ -250,10 +250,13 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named sections (all when none), to tell whether a resume state matches."""
+        """A short hash of the named sections (all when none) and of the package's source code, to tell
+        whether a resume state or a finished phase belongs to this run: a changed config or changed code
+        starts afresh."""
         d = self.to_dict()
         if sections:
             d = {k: d[k] for k in sections}
+        d["__code__"] = code_version()
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @staticmethod
@@ -271,6 +274,16 @@ class RunConfig:
             extra=dict(d.get("extra", {})),
             start=RunConfig.from_dict(d["start"]) if d.get("start") else None,
         )
+
+
+def code_version() -> str:
+    """A hash of every .py file of the package (what a resumed run must share with the run it continues)."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------------

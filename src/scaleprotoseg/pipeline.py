@@ -365,13 +365,18 @@ def run_phases(model, cfg: RunConfig, phases, loss_for, data_root: Path, out_dir
         if finished is not None:
             model.load_state_dict(finished["state_dict"])
             print(f"[{phase}] already finished ({ckpt}); continuing from it")
+            for step, metrics in finished.get("history", []):  # its curves, for this run's logs
+                if logger is not None:
+                    logger(int(step), metrics)
             done.append({"phase": phase, "steps": spec.steps, "seconds": finished.get("seconds", 0.0), "resumed": "finished"})
             offset += spec.steps
             continue
         model.freeze_bn = cfg_freeze_bn(cfg) or trunk_frozen(phase)
         optimizer = make_optimizer("adam", spec.groups)
+        history: list = []
 
-        def log(step, metrics, offset=offset):
+        def log(step, metrics, offset=offset, history=history):
+            history.append([offset + step, {k: float(v) for k, v in metrics.items()}])
             if logger is not None:
                 logger(offset + step, metrics)
 
@@ -390,7 +395,7 @@ def run_phases(model, cfg: RunConfig, phases, loss_for, data_root: Path, out_dir
             progress=progress,
         )
         save_checkpoint(ckpt, model, cfg.to_dict(), phase=phase, step=spec.steps, classes=list(meta.classes),
-                        fingerprint=fingerprint, seconds=result.seconds)
+                        fingerprint=fingerprint, seconds=result.seconds, history=history)
         clear_resume(out_dir / f"resume_{phase}.pt")
         done.append({"phase": phase, "steps": spec.steps, "seconds": round(result.seconds, 2), "resumed": result.resumed_from,
                      "last_loss": result.last_loss})
@@ -569,11 +574,10 @@ def gallery_figure(project_dir: Path, report_dir: Path, title: str):
     """Draw (and save as gallery.png) the source patches of the final prototypes; a note for deeplab."""
     path = Path(project_dir) / "patches.npz"
     if not path.is_file():
-        from IPython.display import Markdown
-
-        return Markdown("*No prototypes: nothing to show.*")
-    with np.load(path) as z:
-        fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), title=title)
+        fig = plots.message_figure("No prototypes (black-box model): nothing to show.")
+    else:
+        with np.load(path) as z:
+            fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), title=title)
     plots.save_figure(fig, Path(report_dir) / "gallery.png")
     return show(Path(report_dir) / "gallery.png")
 
