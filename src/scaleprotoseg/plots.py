@@ -109,17 +109,25 @@ def per_class_iou_figure(table, title="Per-class IoU (%)"):
 
 
 def curves_figure(curves: dict, title="Training curves"):
-    """`curves`: {method: {metric: DataFrame(step, value)}} → one panel per metric."""
-    metrics = sorted({m for c in curves.values() for m in c})
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    """`curves`: {method: {"<phase>/<quantity>": DataFrame(step, value)}} → one panel per quantity (loss,
+    learning rate, validation mIoU), one line per method and phase, over the method's global step."""
+    panels = sorted({k.split("/")[-1] for c in curves.values() for k in c}, key=lambda q: (q != "loss", q))
+    names = {"loss": "training loss", "lr": "learning rate (first group)", "miou": "validation mIoU (%)"}
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.6 * max(len(panels), 1), 3.4), squeeze=False)
+    for ax, q in zip(axes[0], panels):
         for method, c in curves.items():
-            if metric in c:
-                df = c[metric]
-                ax.plot(df["step"], df[df.columns[-1]], label=method)
-        ax.set_title(metric)
-        ax.set_xlabel("mini-batch step")
-        ax.legend(fontsize=8)
+            for key in sorted(c, key=lambda k: float(c[k]["step"].min())):
+                if key.split("/")[-1] != q:
+                    continue
+                phase = key.split("/")[0]
+                df = c[key]
+                label = method if phase in ("train", "val") else f"{method} · {phase}"
+                ax.plot(df["step"], df[df.columns[-1]], label=label, marker="o" if len(df) < 12 else None, ms=3)
+        ax.set_title(names.get(q, q))
+        ax.set_xlabel("mini-batch step (across phases)")
+        if q == "lr":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
