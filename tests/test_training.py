@@ -120,6 +120,7 @@ def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset,
     w = grouped.group_head.weight[grouped.group_head.valid_weights()]
     assert ((w == 0) | (w >= gcfg.train.threshold)).all()
     assert ginfo["prototypes_used"] <= ginfo["prototypes"]
+    assert grouped.group_head.num_prototypes == grouped.prototypes.num_prototypes == model.prototypes.num_prototypes
     # the stage-1 parts of the grouped model are exactly the projected scaleprotoseg model's
     assert torch.equal(grouped.prototypes.vectors, model.prototypes.vectors)
     # a group run against a different scaleprotoseg configuration is refused

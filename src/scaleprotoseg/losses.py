@@ -28,17 +28,26 @@ def msc_mean(loss_fn, outputs, labels: torch.Tensor) -> torch.Tensor:
     return sum(loss_fn(o, labels) for o in outputs) / len(outputs)
 
 
-def kld_pair_mask(proto_class: torch.Tensor, proto_scale: torch.Tensor, num_classes: int, per_scale: bool):
-    """Padded per-class prototype index (K, n), its validity, and the (K, n, n) mask of pairs i < j that the
-    diversity loss compares: all pairs of a class (ProtoSeg) or pairs within one scale (ScaleProtoSeg)."""
+def class_slots(proto_class: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded per-class prototype index (K, n_max), each row in ascending global order, and its validity
+    mask: the layout that lets per-class computations run for all classes at once (classes may own
+    different numbers of prototypes after de-duplication or pruning)."""
     P = len(proto_class)
     counts = torch.bincount(proto_class, minlength=num_classes)
-    n = int(counts.max())
+    n = int(counts.max()) if P else 0
     order = torch.argsort(proto_class, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(n, device=proto_class.device)[None, :]
     valid = slot < counts[:, None]
-    index = torch.where(valid, order[(starts[:, None] + slot).clamp(max=P - 1)], torch.zeros_like(slot))
+    index = torch.where(valid, order[(starts[:, None] + slot).clamp(max=max(P - 1, 0))], torch.zeros_like(slot))
+    return index, valid
+
+
+def kld_pair_mask(proto_class: torch.Tensor, proto_scale: torch.Tensor, num_classes: int, per_scale: bool):
+    """`class_slots` plus the (K, n, n) mask of pairs i < j that the diversity loss compares: all pairs of
+    a class (ProtoSeg) or pairs within one scale (ScaleProtoSeg)."""
+    index, valid = class_slots(proto_class, num_classes)
+    slot = torch.arange(index.shape[1], device=index.device)[None, :]
     pairs = valid[:, :, None] & valid[:, None, :] & (slot[:, :, None] < slot[:, None, :])
     if per_scale:
         sc = proto_scale[index]
@@ -47,18 +56,19 @@ def kld_pair_mask(proto_class: torch.Tensor, proto_scale: torch.Tensor, num_clas
 
 
 def kld_loss(distances: torch.Tensor, labels: torch.Tensor, proto_class: torch.Tensor, proto_scale: torch.Tensor,
-             num_classes: int, per_scale: bool, void: int = VOID) -> torch.Tensor:
+             num_classes: int, per_scale: bool, void: int = VOID, table=None) -> torch.Tensor:
     """Diversity loss of ProtoSeg / ScaleProtoSeg (§3.2), vectorised, with the correct class indexing.
 
     For every image b and class c with at least 2 pixels at feature resolution, each of c's prototypes
     defines q = softmax over c's pixels of its **distance** map; every compared pair (i, j) contributes
     exp(−J), J = ½[KL(q_i‖q_j) + KL(q_j‖q_i)] = ½ Σ (q_i − q_j)(log q_i − log q_j). The loss is the mean over
     all (image, class, pair) tuples (0 when there are none). distances (B, P, h, w); labels (B, H, W).
+    `table`: `kld_pair_mask(...)` computed once per model (it depends only on the prototype tables).
     """
     B, P, h, w = distances.shape
     target = downsample_labels(labels, (h, w)).view(B, 1, h * w)
     K = num_classes
-    index, valid, pairs = kld_pair_mask(proto_class, proto_scale, K, per_scale)
+    index, valid, pairs = table if table is not None else kld_pair_mask(proto_class, proto_scale, K, per_scale)
     n = index.shape[1]
     cls = torch.arange(K, device=distances.device)[None, :, None]
     mask = target == cls  # (B, K, N)

@@ -132,8 +132,8 @@ def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
     if name == "report":
         for m in method_names(params):
             _smoke_chain(load_config(params, dataset=cfg.dataset, method=m), root, upto="evaluate")
-        return
-    upto = {"train": None, "project": "train", "evaluate": "project", "interpret": "evaluate"}[name]
+        return  # the report works without interpretability metrics (its columns stay empty)
+    upto = {"train": None, "project": "train", "evaluate": "project", "interpret": "project"}[name]
     if cfg.start is not None:
         _smoke_chain(cfg.start, root, upto="project")
     if upto:
@@ -649,14 +649,108 @@ def per_class_table(metrics: dict) -> pd.DataFrame:
 # 50 interpret
 
 
-def interpret(cfg: RunConfig, report_dir: Path) -> dict:
-    """Interpretability metrics and figures; black-box deeplab has none."""
+def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:
+    """Interpretability metrics (consistency, stability, overlaps, sparsity) and figures of a prototype model,
+    from saved artifacts only (never retrains); black-box deeplab has none. Writes `metrics.json` (which
+    `dvc metrics show/diff` compare), per-prototype and per-class tables and the figures."""
+    from . import interpretability as it
+    from .models.prototypes import prototype_names
+
+    report_dir = Path(report_dir)
     info = {"method": cfg.method, "interpretable": cfg.method != "deeplab"}
     if cfg.method == "deeplab":
         info["note"] = ("deeplab is the black-box baseline: no prototypes, so no consistency, stability, sparsity, "
-                        "overlap or prototype figures. The prototype methods fill this stage.")
-    write_json(Path(report_dir) / "interpretability.json", info)
+                        "overlap or prototype figures.")
+        write_json(report_dir / "metrics.json", info)
+        with atomic_path(report_dir / "details" / "README.txt") as tmp:
+            tmp.write_text("deeplab has no prototypes: no interpretability tables or figures.\n")
+        return info
+    device = resolve_device(cfg.device)
+    model, _, payload = load_model(Path(project_dir) / "model.pt", device, f"project@{cfg.method}")
+    meta = read_meta(data_root)
+    val = PreparedDataset(data_root, "val")
+    names = prototype_names(model, meta.classes)
+    proj = read_json(Path(project_dir) / "projection.json")
+    pruned_from = proj.get("prototypes_before") if cfg.method == "protoseg" and "pruned" in proj else None
+    t0 = time.perf_counter()
+    res = it.evaluate_interpretability(model, val, cfg.data, device, seed=cfg.seed, names=names,
+                                       max_images=cfg.eval.max_images, progress=progress, pruned_from=pruned_from)
+    info.update(res.metrics)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    if not meta.has_parts:
+        info["note"] = f"{meta.name} has no part annotations: consistency and stability are not defined (NaN)."
+    write_json(report_dir / "metrics.json", info)
+    write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
+    write_csv(res.overlap, report_dir / "details" / "overlap.csv")
+    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details")
     return info
+
+
+def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path) -> None:
+    """The figures of the interpretability notebook, each saved as a PNG."""
+    patches = project_dir / "patches.npz"
+    used = model.group_head.used_prototypes().cpu().numpy() if model.group_head is not None else None
+    if patches.is_file():
+        with np.load(patches) as z:
+            fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), used=used,
+                                          group_weights=_group_weight_labels(model),
+                                          title=f"{cfg.method}: prototypes by class and scale (source patches)")
+        plots.save_figure(fig, report_dir / "gallery.png")
+    plots.save_figure(plots.scale_usage_figure(scale_usage(model, meta.classes), title=f"{cfg.method}: share of used prototype weight per scale"),
+                      report_dir / "scale_usage.png")
+    if model.group_head is not None:
+        plots.save_figure(plots.group_composition_figure(*group_composition(model, meta.classes, names)),
+                          report_dir / "group_composition.png")
+
+
+def _group_weight_labels(model) -> list[str] | None:
+    """Per prototype, 'g<k>:<w>' for each group of its class that uses it (grouped model only)."""
+    gh = model.group_head
+    if gh is None:
+        return None
+    w, idx, valid = gh.weight.detach().cpu(), gh.index.cpu(), gh.valid.cpu()
+    labels = [""] * model.prototypes.num_prototypes
+    for c in range(gh.num_classes):
+        for j in range(idx.shape[1]):
+            if valid[c, j]:
+                labels[int(idx[c, j])] = " ".join(f"g{g}:{float(w[c, g, j]):.2f}" for g in range(gh.groups) if w[c, g, j] > 0)
+    return labels
+
+
+def group_composition(model, classes, names):
+    """Per class, the (G, n_c) group-weight matrix with its columns ordered by scale, and the column labels."""
+    gh = model.group_head
+    w, idx, valid = gh.weight.detach().cpu(), gh.index.cpu(), gh.valid.cpu()
+    scale = model.prototypes.proto_scale.cpu()
+    mats, cols = [], []
+    for c in range(gh.num_classes):
+        js = [j for j in range(idx.shape[1]) if valid[c, j]]
+        js.sort(key=lambda j: (int(scale[idx[c, j]]), int(idx[c, j])))
+        mats.append(w[c][:, js].numpy())
+        cols.append(["/".join(names[int(idx[c, j])].split("/")[1:]) for j in js])
+    return mats, cols, list(classes)
+
+
+def scale_usage(model, classes) -> pd.DataFrame:
+    """Per class (and overall), the share of used prototype weight from each scale: group weights summed
+    over groups for the grouped model; positive own-class last-layer weights otherwise."""
+    scale = model.prototypes.proto_scale.cpu()
+    cls = model.prototypes.proto_class.cpu()
+    S = model.prototypes.num_scales
+    gh = model.group_head
+    if gh is not None:
+        per_proto = torch.zeros(model.prototypes.num_prototypes)
+        w = gh.weight.detach().cpu().sum(1)  # (K, n_max)
+        per_proto.index_put_((gh.index.cpu()[gh.valid.cpu()],), w[gh.valid.cpu()])
+    else:
+        per_proto = model.last_layer.detach().cpu()[cls, torch.arange(len(cls))].clamp(min=0)
+    table = torch.zeros(len(classes), S)
+    table.index_put_((cls, scale), per_proto, accumulate=True)
+    share = table / table.sum(1, keepdim=True).clamp(min=1e-12)
+    df = pd.DataFrame(100 * share.numpy(), index=list(classes), columns=[f"scale {s}" for s in range(S)])
+    total = table.sum(0)
+    df.loc["all classes"] = (100 * total / total.sum().clamp(min=1e-12)).numpy()
+    return df
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -697,6 +791,11 @@ def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Pa
             "train steps": summ.get("steps"),
             "train s": summ.get("seconds"),
         })
+        interp_path = Path(evaluate_dir).parent / "interpret" / m / "metrics.json"
+        interp = read_json(interp_path) if interp_path.is_file() else {}
+        for key, col in (("consistency", "consistency %"), ("stability", "stability %"),
+                         ("prototype_overlap", "prototype overlap %"), ("group_overlap", "group overlap %")):
+            row[col] = interp.get(key)
         rows.append(row)
         iou[m] = met["iou"]
         curves[m] = read_curves(Path(train_report_dir) / m / "dvclive")
@@ -735,6 +834,24 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def read_table_if(path: str | Path):
+    """A saved CSV table, or a note that this method has none."""
+    if Path(path).is_file():
+        return pd.read_csv(path, index_col=0)
+    from IPython.display import Markdown
+
+    return Markdown(f"*No `{Path(path).name}` for this method.*")
+
+
+def show_if(path: str | Path):
+    """Display a saved PNG, or say that this method has no such figure."""
+    if Path(path).is_file():
+        return show(path)
+    from IPython.display import Markdown
+
+    return Markdown(f"*No `{Path(path).name}` for this method.*")
 
 
 def show(path: str | Path):

@@ -143,9 +143,11 @@ def save_figure(fig, path) -> None:
 
 
 def prototype_gallery(patches: np.ndarray, boxes: np.ndarray, names, title: str = "Prototypes: source patches",
-                      max_classes: int = 12, max_per_class: int = 12):
+                      max_classes: int = 12, max_per_class: int = 12, used=None, group_weights=None):
     """One row per class, its prototypes ordered by scale; each shows the image patch its vector was
-    projected from, with the high-activation box. Names are '<class>/s<scale>/<m>'."""
+    projected from, with the high-activation box. Names are '<class>/s<scale>/<m>'. With a grouped model,
+    `used` (bool per prototype) greys out and marks unused prototypes and `group_weights` (a label per
+    prototype, e.g. 'g0:0.42 g2:0.31') says which groups use each one and with what weight."""
     from matplotlib.patches import Rectangle
 
     by_class: dict[str, list[int]] = {}
@@ -162,11 +164,18 @@ def prototype_gallery(patches: np.ndarray, boxes: np.ndarray, names, title: str 
             if k >= len(idx):
                 continue
             i = idx[k]
-            ax.imshow(patches[i])
+            unused = used is not None and not used[i]
+            ax.imshow(patches[i], alpha=0.35 if unused else 1.0)
             y0, x0, y1, x1 = boxes[i]
             if y0 >= 0:
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.2))
-            ax.set_title("/".join(str(names[i]).split("/")[1:]), fontsize=7)
+            label = "/".join(str(names[i]).split("/")[1:])
+            if unused:
+                ax.text(0.5, 0.5, "unused", transform=ax.transAxes, ha="center", va="center", color="red",
+                        fontsize=8, fontweight="bold")
+            elif group_weights is not None and group_weights[i]:
+                label += "\n" + group_weights[i].replace(" ", "\n", 1) if len(group_weights[i]) > 14 else "\n" + group_weights[i]
+            ax.set_title(label, fontsize=6)
         axes[r, 0].text(-0.15, 0.5, c, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
@@ -177,4 +186,48 @@ def message_figure(text: str):
     fig, ax = plt.subplots(figsize=(6, 1))
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center")
+    return fig
+
+
+def scale_usage_figure(table, title="Share of used prototype weight per scale"):
+    """Stacked horizontal bars: per class (and overall), the % of weight from each scale."""
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.4))
+    left = np.zeros(len(table))
+    colours = sns.color_palette("viridis", table.shape[1])
+    for k, col in enumerate(table.columns):
+        ax.barh(table.index, table[col], left=left, color=colours[k], label=col)
+        left += table[col].to_numpy()
+    ax.invert_yaxis()
+    ax.set_xlabel("% of the class's used prototype weight")
+    ax.set_xlim(0, 100)
+    ax.legend(ncol=table.shape[1], fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def group_composition_figure(mats, cols, classes, title="Group composition: weights of each group over the class's prototypes"):
+    """Per class, the G × n_c group-weight matrix, prototypes ordered by scale (s<scale>/<m>); 0 in white."""
+    n = len(mats)
+    ncol = 3 if n > 4 else n
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 2.5 * nrow + 0.8), squeeze=False, layout="constrained")
+    vmax = max(float(m.max()) for m in mats) if mats else 1.0
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        m = np.where(mats[k] > 0, mats[k], np.nan)
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(cols[k])))
+        ax.set_xticklabels(cols[k], rotation=90, fontsize=6)
+        ax.set_yticks(range(m.shape[0]))
+        ax.set_yticklabels([f"g{g}" for g in range(m.shape[0])], fontsize=7)
+        scales = [c.split("/")[0] for c in cols[k]]
+        for j in range(1, len(scales)):
+            if scales[j] != scales[j - 1]:
+                ax.axvline(j - 0.5, color="grey", lw=0.8)  # scale boundary
+        ax.set_title(f"{classes[k]} ({int((mats[k] > 0).any(0).sum())}/{mats[k].shape[1]} used)", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="group weight (0: blank)")
+    fig.suptitle(title)
     return fig

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import class_slots, group_entropy, kld_pair_mask
 from .aspp import ASPP
 from .segmenter import multi_scale
 
@@ -55,6 +56,14 @@ class PrototypeLayer(nn.Module):
     def num_prototypes(self) -> int:
         return self.vectors.shape[0]
 
+    def pair_table(self, per_scale: bool):
+        """The KLD's per-class index and pair mask, computed once per set of prototypes (no host sync per step)."""
+        cache = self.__dict__.setdefault("_pair_cache", {})
+        key = (per_scale, self.proto_class.device)
+        if key not in cache:
+            cache[key] = kld_pair_mask(self.proto_class, self.proto_scale, self.num_classes, per_scale)
+        return cache[key]
+
     def block_matrix(self) -> torch.Tensor:
         """(P, S·D): prototype p's vector in the D columns of its scale, zeros elsewhere."""
         P, D, S = self.num_prototypes, self.dim, self.num_scales
@@ -75,6 +84,7 @@ class PrototypeLayer(nn.Module):
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the prototypes at `index` (sorted), e.g. after de-duplication or pruning."""
         index = index.to(self.vectors.device)
+        self.__dict__.pop("_pair_cache", None)
         self.vectors = nn.Parameter(self.vectors.data[index].clone(), requires_grad=self.vectors.requires_grad)
         self.proto_class = self.proto_class[index].clone()
         self.proto_scale = self.proto_scale[index].clone()
@@ -112,13 +122,9 @@ class GroupHead(nn.Module):
     def __init__(self, proto_class: torch.Tensor, num_classes: int, groups: int):
         super().__init__()
         K, G = num_classes, groups
-        counts = torch.bincount(proto_class, minlength=K)
-        n_max = int(counts.max())
-        order = torch.argsort(proto_class * (len(proto_class) + 1) + torch.arange(len(proto_class)), stable=True)
-        slot = torch.arange(n_max)[None, :]
-        valid = slot < counts[:, None]  # (K, n_max)
-        starts = torch.cumsum(counts, 0) - counts
-        index = torch.where(valid, order[(starts[:, None] + slot).clamp(max=len(order) - 1)], torch.zeros_like(slot))
+        index, valid = class_slots(proto_class, K)
+        counts = valid.sum(1)
+        n_max = index.shape[1]
         self.num_classes, self.groups, self.num_prototypes = K, G, len(proto_class)
         self.register_buffer("index", index)  # (K, n_max): class k's prototypes in ascending global order
         self.register_buffer("valid", valid)
@@ -158,8 +164,6 @@ class GroupHead(nn.Module):
 
     def entropy(self) -> torch.Tensor:
         """Mean over classes and groups of the row entropy / log(n_c) (§3.5)."""
-        from ..losses import group_entropy
-
         return group_entropy(self.weight, self.valid)
 
     def used_prototypes(self) -> torch.Tensor:
@@ -199,10 +203,12 @@ class PrototypeSegmenter(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Adapt to the prototype count and group head stored in `state_dict` before loading."""
+        self.prototypes.__dict__.pop("_pair_cache", None)
         n = state_dict["prototypes.vectors"].shape[0]
         if n != self.prototypes.num_prototypes:
             self.keep_prototypes(torch.arange(n) % self.prototypes.num_prototypes)
-        if "group_head.weight" in state_dict and self.group_head is None:
+        if "group_head.weight" in state_dict:  # rebuild the head for the stored (possibly de-duplicated) tables
+            self.group_head = None
             self.prototypes.proto_class = state_dict["prototypes.proto_class"].clone()
             self.add_groups(state_dict["group_head.weight"].shape[1])
             for name in ("index", "valid", "group_class"):

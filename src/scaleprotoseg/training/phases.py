@@ -89,7 +89,8 @@ def stage1_loss(t: PrototypeTrainConfig, phase: str):
         if with_kld:
             p = model.prototypes
             loss = loss + t.loss_kld * kld_loss(out["distances"], labels, p.proto_class, p.proto_scale,
-                                                model.num_classes, per_scale=model.multiscale)
+                                                model.num_classes, per_scale=model.multiscale,
+                                                table=p.pair_table(model.multiscale))
         return loss
 
     def loss_fn(model, images, labels):
