@@ -37,6 +37,7 @@ nbval: setup
 # Cost of the prototype methods relative to DeepLab, side by side in one run (ratios; see README).
 bench: setup
 	$(PY) -m scaleprotoseg.bench $(BENCH_ARGS)
+	$(PY) -m scaleprotoseg.bench --interpret-memory
 
 clean-venv:
 	rm -rf $(VENV)

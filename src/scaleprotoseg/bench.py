@@ -19,6 +19,7 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from .config import GroupTrainConfig, ModelConfig, PrototypeTrainConfig
@@ -160,6 +161,62 @@ def run(name, backbone, num_classes, protoseg_per_class, size, batch, width, dev
         print(f"projection_pass_ratio {m} = {r:.3f}    [{name}]")
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def interpret_memory(height: int = 1024, width: int = 2048, classes: int = 19, device=torch.device("cpu")) -> None:
+    """Peak memory and time of the interpretability metrics for one image of height × width with
+    classes × 4 scales × 3 prototypes (Cityscapes: 19 → 228), on the small trunk (the metrics' cost, not the
+    trunk's, is what is measured; ResNet-101's activations would add their own)."""
+    import resource
+
+    from .config import DataConfig
+    from .data.prepared import DatasetMeta
+    from .interpretability import evaluate_interpretability
+    from .models.prototypes import prototype_names
+
+    mc = ModelConfig(backbone="small", width=16, pretrained=False, pretrained_path=None, aspp_rates=(6, 12, 18, 24), freeze_bn=False)
+    torch.manual_seed(0)
+    model = build_model("scaleprotoseg", mc, classes, prototypes=3, features=64).to(device).eval()
+    names_cls = tuple(f"class{c}" for c in range(classes))
+    meta = DatasetMeta(name="bench", classes=names_cls, splits={"val": ("img",)}, parts={n: ("a", "b", "c", "d") for n in names_cls})
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    label = np.repeat((np.arange(width) * classes // width)[None, :], height, 0).astype(np.uint8)  # a stripe per class
+    parts = (np.arange(height)[:, None] * 4 // height + 1).repeat(width, 1).astype(np.uint8)  # 4 parts per stripe
+
+    class OneImage:
+        def __init__(self):
+            self.meta = meta
+
+        def __len__(self):
+            return 1
+
+        def sample(self, i):
+            return image, label
+
+        def parts(self, i):
+            return parts
+
+    data_cfg = DataConfig(crop=64, scale_range=(1.0, 1.0), flip=False, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    names = prototype_names(model, names_cls)
+    base = _rss_mib()
+    t0 = time.perf_counter()
+    res = evaluate_interpretability(model, OneImage(), data_cfg, device, seed=0, names=names, progress=False)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"# interpretability metrics: one {height}×{width} image, {model.prototypes.num_prototypes} prototypes, "
+          f"{classes} classes (clean + noisy forward, consistency, stability, overlaps)")
+    print(f"interpret_peak_rss_mib = {peak:.0f}    (process peak; {peak - base:.0f} MiB above the {base:.0f} MiB before the call)")
+    print(f"interpret_seconds_per_image = {seconds:.2f}")
+    print(f"#   consistency {res.metrics['consistency']:.1f}, stability {res.metrics['stability']:.1f} (random model: values meaningless)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="resnet101", choices=["resnet101", "small"])
@@ -170,11 +227,16 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--interpret-memory", action="store_true",
+                    help="only the interpretability-metrics memory benchmark (one 1024×2048 image, 228 prototypes)")
     ap.add_argument("--deeplab-optimizer", default="adam", choices=["adam", "sgd"],
                     help="adam (default) isolates the cost of the head and losses; sgd is DeepLab's own recipe")
     a = ap.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if a.interpret_memory:
+        interpret_memory(device=device)
+        return
     run("pascal head", a.backbone, 21, 10, a.size, a.batch, a.width, device, a.warmup, a.steps, a.deeplab_optimizer)
     run("ade20k head", a.backbone, 150, 12, a.ade_size, a.batch, a.width, device, a.warmup, a.steps, a.deeplab_optimizer)
 

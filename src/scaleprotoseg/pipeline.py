@@ -682,11 +682,11 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     write_json(report_dir / "metrics.json", info)
     write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
     write_csv(res.overlap, report_dir / "details" / "overlap.csv")
-    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details")
+    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root)
     return info
 
 
-def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path) -> None:
+def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path, data_root: Path) -> None:
     """The figures of the interpretability notebook, each saved as a PNG."""
     patches = project_dir / "patches.npz"
     used = model.group_head.used_prototypes().cpu().numpy() if model.group_head is not None else None
@@ -701,6 +701,16 @@ def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: P
     if model.group_head is not None:
         plots.save_figure(plots.group_composition_figure(*group_composition(model, meta.classes, names)),
                           report_dir / "group_composition.png")
+    from . import explain
+
+    device = next(model.parameters()).device
+    val = PreparedDataset(data_root, "val")
+    plots.save_figure(explain.explain_prediction(model, val, cfg.data, device, cfg.seed, cfg.method), report_dir / "explanation.png")
+    plots.save_figure(explain.failure_cases(model, val, cfg.data, device, max_images=cfg.eval.max_images), report_dir / "failure_cases.png")
+    if patches.is_file():
+        with np.load(patches) as z:
+            fig = explain.nearest_prototypes(model, val, cfg.data, device, cfg.seed, z["patches"], z["boxes"], list(z["names"]))
+        plots.save_figure(fig, report_dir / "nearest_prototypes.png")
 
 
 def _group_weight_labels(model) -> list[str] | None:

@@ -231,3 +231,102 @@ def group_composition_figure(mats, cols, classes, title="Group composition: weig
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="group weight (0: blank)")
     fig.suptitle(title)
     return fig
+
+
+def _maps_row(axes, maps, names, image, mask=None):
+    """Activation maps over the image (one colour scale for the row), each with its name."""
+    vmin, vmax = float(np.min(maps)), float(np.max(maps))
+    im = None
+    for ax, m, n in zip(axes, maps, names):
+        ax.imshow(image)
+        shown = np.where(mask, m, np.nan) if mask is not None else m
+        im = ax.imshow(shown, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        ax.set_title(n, fontsize=8)
+        ax.axis("off")
+    return im
+
+
+def explanation_figure(image, label, pred, maps, names, winner, mask, classes, title):
+    """Image, ground truth, prediction, summary (winning group/prototype inside the class), then the maps."""
+    n = len(maps)
+    ncol = 4
+    nrow = 1 + int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
+    K = len(classes)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("image")
+    axes[0, 1].imshow(colourise(label, K))
+    axes[0, 1].set_title("ground truth")
+    axes[0, 2].imshow(colourise(pred, K))
+    axes[0, 2].set_title("prediction")
+    _legend(axes[0, 2], classes, K)
+    palette = np.array(sns.color_palette("tab10" if n <= 10 else "tab20", n))
+    overlay = image.astype(float) / 255
+    overlay[mask] = 0.45 * overlay[mask] + 0.55 * palette[winner[mask]]
+    axes[0, 3].imshow(overlay)
+    axes[0, 3].set_title("winner inside the class", fontsize=9)
+    axes[0, 3].legend(handles=[Patch(color=palette[k], label=names[k]) for k in range(n)], fontsize=6,
+                      loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in axes[0]:
+        ax.axis("off")
+    flat = axes[1:].ravel()
+    im = _maps_row(flat, maps, names, image)
+    for ax in flat[n:]:
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=list(flat[:n]), shrink=0.7, label="activation (log similarity; groups: exp of weighted sum)")
+    fig.suptitle(title)
+    return fig
+
+
+def nearest_figure(image, rows, patches, boxes, names, title):
+    """Per pixel: the image with the pixel marked, then per scale the k most similar prototypes."""
+    from matplotlib.patches import Rectangle
+
+    n_scales = len(rows[0][2])
+    k = len(rows[0][2][0])
+    ncol = 1 + n_scales * k
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.45 * ncol, 1.7 * len(rows)), squeeze=False)
+    marks = ["red", "lime", "cyan", "orange"]
+    for r, ((y, x), cls, per_scale) in enumerate(rows):
+        ax = axes[r, 0]
+        ax.imshow(image)
+        ax.plot([x], [y], marker="o", ms=7, mfc="none", mec=marks[r % 4], mew=2)
+        ax.set_title(f"pixel {r} ({cls})", fontsize=7)
+        ax.axis("off")
+        for s, hits in enumerate(per_scale):
+            for j, (p, dist) in enumerate(hits):
+                ax = axes[r, 1 + s * k + j]
+                ax.imshow(patches[p])
+                y0, x0, y1, x1 = boxes[p]
+                if y0 >= 0:
+                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1))
+                ax.set_title(f"{names[p]}\nd={dist:.2f}", fontsize=6)
+                ax.axis("off")
+    fig.suptitle(title + " — distances compared only within a scale")
+    fig.tight_layout()
+    return fig
+
+
+def failure_figure(cases, classes):
+    """Per failing class: image, ground truth, prediction, then its maps and the confusing class's maps."""
+    ncol = 3 + max(len(c["maps"][1]) + len(c["maps"][3]) for c in cases)
+    ncol = min(ncol, 12)
+    fig, axes = plt.subplots(len(cases), ncol, figsize=(1.9 * ncol, 2.2 * len(cases)), squeeze=False)
+    K = len(classes)
+    for r, c in enumerate(cases):
+        a, na, b, nb = c["maps"]
+        axes[r, 0].imshow(c["image"])
+        axes[r, 0].set_title(f"{classes[c['class']]}: IoU {c['iou']:.0f} %\nconfused with {classes[c['other']]}", fontsize=7)
+        axes[r, 1].imshow(colourise(c["label"], K))
+        axes[r, 1].set_title("ground truth", fontsize=7)
+        axes[r, 2].imshow(colourise(c["pred"], K))
+        axes[r, 2].set_title("prediction", fontsize=7)
+        maps = np.concatenate([a, b])
+        labels = [f"{classes[c['class']]} · {n}" for n in na] + [f"{classes[c['other']]} · {n}" for n in nb]
+        _maps_row(axes[r, 3:], maps[: ncol - 3], labels[: ncol - 3], c["image"])
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.suptitle("Failure cases: the lowest-IoU classes and the activations of the class they are confused with")
+    fig.tight_layout()
+    return fig
