@@ -178,14 +178,31 @@ def synthetic_spec(params: dict) -> SyntheticSpec:
     return SyntheticSpec(**section)
 
 
-def prepare_dataset(params: dict, dataset: str, root: Path):
-    """Write the prepared dataset for `dataset` under `root` (atomically); return its meta."""
+def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = False):
+    """Write the prepared dataset for `dataset` under `root` (atomically); return its meta.
+
+    Real datasets are read from `data_sources.<dataset>.root` in their original layout (never modified)."""
     if dataset == "embedded":
         return generate(synthetic_spec(params), root)
-    raise ConfigError(
-        f"No preparation for dataset {dataset!r} yet; the real-dataset loaders come with their own issue. "
-        "Set experiment.dataset to embedded."
-    )
+    from .data.sources import SCANNERS, prepare_source
+
+    spec = (params.get("data_sources") or {}).get(dataset)
+    if dataset not in SCANNERS or not isinstance(spec, dict):
+        raise ConfigError(
+            f"No preparation for dataset {dataset!r} yet: readers exist for {sorted(SCANNERS)} (data_sources.<name> "
+            "in params.yaml) and the embedded dataset; the others come with the real-datasets issue."
+        )
+    raw = resolve(spec.get("root", f"data/{dataset}"))
+    if not raw.is_dir():
+        raise ConfigError(f"data_sources.{dataset}.root: {raw} does not exist; put the dataset there in its original "
+                          "layout (README, 'Raw datasets') or point the key at it.")
+    scan = SCANNERS[dataset]
+    source = scan(raw, seed=int(spec.get("seed", 0))) if dataset == "folder" else scan(raw)
+    meta, skipped = prepare_source(source, root, workers=int(spec.get("workers", 2)),
+                                   skip_corrupt=bool(spec.get("skip_corrupt", False)), progress=progress)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable sample(s) (data_sources.{dataset}.skip_corrupt): {skipped[:20]}")
+    return meta
 
 
 def dataset_preview(root: Path, split: str = "train", n: int = 6, seed: int = 0):

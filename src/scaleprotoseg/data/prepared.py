@@ -109,20 +109,25 @@ def write_prepared(
         for sub in ("images", "labels", "parts"):
             (tmp / sub).mkdir()
         for sid, image, label, parts in samples:
-            _check_array("image", sid, image, 3)
-            _check_array("label", sid, label, 2)
-            if image.shape[:2] != label.shape:
-                raise DataError(f"sample {sid}: image {image.shape[:2]} and label {label.shape} differ in size")
             bad = (label >= meta.num_classes) & (label != meta.void)
             if bad.any():
                 raise DataError(f"sample {sid}: label values {sorted(set(label[bad].tolist()))} are not classes")
-            Image.fromarray(image).save(tmp / "images" / f"{sid}.png")
-            Image.fromarray(label).save(tmp / "labels" / f"{sid}.png")
-            if parts is not None:
-                _check_array("parts", sid, parts, 2)
-                Image.fromarray(parts).save(tmp / "parts" / f"{sid}.png")
+            save_sample(tmp, sid, image, label, parts)
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n")
     return root
+
+
+def save_sample(root: Path, sid: str, image: np.ndarray, label: np.ndarray, parts: np.ndarray | None) -> None:
+    """Write one sample's PNGs under `root` (images/, labels/, parts/), after checking shapes and types."""
+    _check_array("image", sid, image, 3)
+    _check_array("label", sid, label, 2)
+    if image.shape[:2] != label.shape:
+        raise DataError(f"sample {sid}: image {image.shape[:2]} and label {label.shape} differ in size")
+    Image.fromarray(image).save(root / "images" / f"{sid}.png")
+    Image.fromarray(label).save(root / "labels" / f"{sid}.png")
+    if parts is not None:
+        _check_array("parts", sid, parts, 2)
+        Image.fromarray(parts).save(root / "parts" / f"{sid}.png")
 
 
 def _read_png(path: Path, mode: str) -> np.ndarray:

@@ -1,0 +1,191 @@
+"""Raw dataset layouts → prepared format, on small fixtures written in each dataset's real on-disk layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scaleprotoseg.data import sources as src
+from scaleprotoseg.data.prepared import PreparedDataset, read_meta
+from scaleprotoseg.errors import DataError
+
+
+def _rgb(path, h=8, w=10, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _gray(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8), mode="L").save(path)
+
+
+def _palette(path, arr):
+    """A VOC-style palette PNG: stored values are palette indices, colours differ from the indices."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr.astype(np.uint8), mode="P")
+    pal = np.zeros((256, 3), np.uint8)
+    pal[1] = (128, 0, 0)  # aeroplane's VOC colour: its red channel is 128, not 1
+    pal[15] = (192, 128, 128)
+    pal[255] = (224, 224, 192)
+    img.putpalette(pal.ravel().tolist())
+    img.save(path)
+
+
+def pascal_fixture(root, palette=True):
+    lab = np.zeros((8, 10), np.uint8)
+    lab[2:5, 2:6] = 1
+    lab[6:, :3] = 15
+    lab[1, :] = 255
+    for i, sid in enumerate(["2007_000001", "2007_000002", "2007_000003"]):
+        _rgb(root / "JPEGImages" / f"{sid}.jpg", seed=i)
+        (_palette if palette else _gray)(root / ("SegmentationClass" if palette else "SegmentationClassAug") / f"{sid}.png", lab)
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("2007_000001\n2007_000002\n")
+    (lists / "val.txt").write_text("2007_000003\n")
+    return lab
+
+
+def test_pascal_palette_labels_are_read_as_indices_and_255_is_void(tmp_path):
+    lab = pascal_fixture(tmp_path / "voc")
+    source = src.scan_pascal(tmp_path / "voc")
+    meta, skipped = src.prepare_source(source, tmp_path / "out", progress=False)
+    assert skipped == [] and meta.splits["train"] == ("2007_000001", "2007_000002") and meta.splits["val"] == ("2007_000003",)
+    got = PreparedDataset(tmp_path / "out", "train").label(0)
+    assert np.array_equal(got, lab)  # 1 = aeroplane (not 128), 15 = person, 255 void
+    assert read_meta(tmp_path / "out").classes[15] == "person"
+
+
+def test_pascal_grayscale_aug_labels_and_train_aug_lists(tmp_path):
+    root = tmp_path / "voc"
+    lab = pascal_fixture(root, palette=False)
+    aug = root / "ImageSets" / "SegmentationAug"
+    aug.mkdir(parents=True)
+    (aug / "train_aug.txt").write_text("/JPEGImages/2007_000001.jpg /SegmentationClassAug/2007_000001.png\n"
+                                       "/JPEGImages/2007_000002.jpg /SegmentationClassAug/2007_000002.png\n")
+    source = src.scan_pascal(root)
+    assert source.projection_split == "project" and source.splits["project"] == ["2007_000001", "2007_000002"]
+    meta, _ = src.prepare_source(source, tmp_path / "out", progress=False)
+    assert np.array_equal(PreparedDataset(tmp_path / "out", "val").label(0), lab)
+
+
+def test_missing_and_corrupt_files_are_reported_by_name(tmp_path):
+    root = tmp_path / "voc"
+    pascal_fixture(root)
+    (root / "JPEGImages" / "2007_000002.jpg").unlink()
+    with pytest.raises(DataError, match="2007_000002.jpg"):
+        src.prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written
+    _rgb(root / "JPEGImages" / "2007_000002.jpg")
+    (root / "SegmentationClass" / "2007_000003.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"(?s)2007_000003.png.*skip_corrupt"):
+        src.prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    meta, skipped = src.prepare_source(src.scan_pascal(root), tmp_path / "out", skip_corrupt=True, progress=False)
+    assert skipped == ["2007_000003"] and meta.splits["val"] == ()
+
+
+def test_cityscapes_labelids_map_to_train_ids(tmp_path):
+    root = tmp_path / "cs"
+    lab = np.full((8, 10), 7, np.uint8)  # road
+    lab[0] = 0  # unlabeled → void
+    lab[1] = 26  # car → 13
+    lab[2] = 9  # parking → void
+    lab[3] = 33  # bicycle → 18
+    for split in ("train", "val"):
+        _rgb(root / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png")
+        _gray(root / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", lab)
+    source = src.scan_cityscapes(root)
+    src.prepare_source(source, tmp_path / "out", progress=False)
+    got = PreparedDataset(tmp_path / "out", "train").label(0)
+    assert got[5, 0] == 0 and got[0, 0] == 255 and got[1, 0] == 13 and got[2, 0] == 255 and got[3, 0] == 18
+    assert source.classes[0] == "road" and len(source.classes) == 19
+
+
+def test_ade20k_zero_is_void_and_classes_shift_by_one(tmp_path):
+    base = tmp_path / "ade" / "ADEChallengeData2016"
+    lab = np.zeros((8, 10), np.uint8)
+    lab[4:] = 1
+    lab[:, 8:] = 150
+    for split in ("training", "validation"):
+        _rgb(base / "images" / split / f"ADE_{split}_00000001.jpg")
+        _gray(base / "annotations" / split / f"ADE_{split}_00000001.png", lab)
+    src.prepare_source(src.scan_ade20k(tmp_path / "ade"), tmp_path / "out", progress=False)
+    got = PreparedDataset(tmp_path / "out", "val").label(0)
+    assert got[0, 0] == 255 and got[5, 0] == 0 and got[0, 9] == 149
+
+
+def test_folder_dataset_with_declared_values_void_and_seeded_split(tmp_path):
+    root = tmp_path / "mine"
+    lab = np.zeros((8, 10), np.uint8)
+    lab[3:] = 10
+    lab[0] = 99  # declared void
+    for i in range(5):
+        _rgb(root / "images" / f"s{i}.jpg", seed=i)
+        _gray(root / "masks" / f"s{i}.png", lab)
+    (root / "classes.json").write_text(json.dumps({"names": ["ground", "crop"], "values": [0, 10], "void": 99}))
+    a = src.scan_folder(root, seed=1)
+    b = src.scan_folder(root, seed=1)
+    assert a.splits == b.splits and len(a.splits["val"]) == 1 and len(a.splits["train"]) == 4
+    src.prepare_source(a, tmp_path / "out", progress=False)
+    got = PreparedDataset(tmp_path / "out", "train").label(0)
+    assert got[0, 0] == 255 and got[2, 0] == 0 and got[5, 0] == 1
+    # an image without a mask is named
+    _rgb(root / "images" / "orphan.png")
+    with pytest.raises(DataError, match="orphan"):
+        src.scan_folder(root)
+
+
+def test_layout_errors_say_what_is_expected(tmp_path):
+    with pytest.raises(DataError, match="JPEGImages"):
+        src.scan_pascal(tmp_path)
+    with pytest.raises(DataError, match="leftImg8bit"):
+        src.scan_cityscapes(tmp_path)
+    with pytest.raises(DataError, match="images/"):
+        src.scan_folder(tmp_path)
+
+
+def test_folder_dataset_runs_through_the_stages_with_two_overrides(tmp_path, params):
+    from scaleprotoseg import pipeline
+    from scaleprotoseg.config import load_config, set_key
+
+    root = tmp_path / "mine"
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for i in range(8):
+        img = rng.integers(60, 120, (48, 48, 3), dtype=np.uint8)
+        lab = np.zeros((48, 48), np.uint8)
+        y, x = rng.integers(4, 24, 2)
+        img[y : y + 16, x : x + 16] = (220, 40, 40)
+        lab[y : y + 16, x : x + 16] = 1
+        Image.fromarray(img).save(root / "images" / f"f{i}.png")
+        _gray(root / "masks" / f"f{i}.png", lab)
+    (root / "classes.json").write_text(json.dumps({"names": ["ground", "box"]}))
+    # the two overrides a user gives `dvc exp run -S`, plus tiny sizes for the test
+    set_key(params, "experiment.dataset", "folder")
+    set_key(params, "data_sources.folder.root", str(root))
+    tiny = {"presets.folder.data.crop": 32, "presets.folder.model.width": 4, "experiment.device": "cpu",
+            **{f"presets.folder.scaleprotoseg.{k}": v for k, v in {
+                "features": 4, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "finetune_steps": 1,
+                "log_every": 1, "checkpoint_every": 1, "val_every": 0, "val_images": 2}.items()}}
+    for k, v in tiny.items():
+        set_key(params, k, v)
+    prepared = tmp_path / "artifacts" / "prepared" / "folder"
+    meta = pipeline.prepare_dataset(params, "folder", prepared)
+    assert meta.classes == ("ground", "box") and len(meta.splits["train"]) + len(meta.splits["val"]) == 8
+    cfg = load_config(params, method="scaleprotoseg")
+    assert cfg.dataset == "folder"
+    pipeline.train(cfg, prepared, tmp_path / "t", tmp_path / "r", progress=False)
+    pipeline.project(cfg, prepared, tmp_path / "t", tmp_path / "p", progress=False)
+    out = pipeline.evaluate_stage(cfg, prepared, tmp_path / "t", tmp_path / "p", tmp_path / "e", progress=False)
+    assert set(out["metrics"]["iou"]) == {"ground", "box"}
+    # a root that does not exist names the key
+    set_key(params, "data_sources.folder.root", str(tmp_path / "nowhere"))
+    from scaleprotoseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data_sources.folder.root"):
+        pipeline.prepare_dataset(params, "folder", tmp_path / "x")
