@@ -189,3 +189,65 @@ def test_folder_dataset_runs_through_the_stages_with_two_overrides(tmp_path, par
 
     with pytest.raises(ConfigError, match="data_sources.folder.root"):
         pipeline.prepare_dataset(params, "folder", tmp_path / "x")
+
+
+def test_decode_uids_follows_the_documented_format():
+    sid, iid, pid = src.decode_uids(np.array([1, 12, 1234, 12345, 123456, 1234567, 2400302]))
+    assert sid.tolist() == [1, 12, 1, 12, 1, 12, 24]
+    assert iid.tolist() == [-1, -1, 234, 345, 234, 345, 3]
+    assert pid.tolist() == [-1, -1, -1, -1, 56, 67, 2]
+
+
+def test_cityscapes_panoptic_parts_are_decoded_into_part_masks(tmp_path):
+    root = tmp_path / "cs"
+    lab = np.full((6, 8), 7, np.uint8)
+    lab[2:, 2:5] = 24  # a person
+    uids = np.full((6, 8), 7, np.int32)
+    uids[2:4, 2:5] = 2400102  # person, instance 1, part 2 (head)
+    uids[4:, 2:5] = 2400101  # torso
+    uids[5, 4] = 24001  # person pixel without a part
+    for split in ("train", "val"):
+        _rgb(root / "leftImg8bit" / split / "ulm" / "ulm_000000_000019_leftImg8bit.png", h=6, w=8)
+        _gray(root / "gtFine" / split / "ulm" / "ulm_000000_000019_gtFine_labelIds.png", lab)
+        pp = root / "gtFinePanopticParts" / split / "ulm" / "ulm_000000_000019_gtFinePanopticParts.tif"
+        pp.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(uids, mode="I").save(pp)
+    src.prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
+    ds = PreparedDataset(tmp_path / "out", "val")
+    parts = ds.parts(0)
+    assert parts[2, 2] == 2 and parts[4, 2] == 1 and parts[5, 4] == 0 and parts[0, 0] == 0
+    assert ds.label(0)[2, 2] == 11  # person's train id
+    assert ds.meta.parts["person"][1] == "head"
+
+
+def test_coco_stuff_values_are_classes_and_255_is_void(tmp_path):
+    root = tmp_path / "coco"
+    lab = np.zeros((8, 10), np.uint8)
+    lab[:, 5:] = 181
+    lab[0] = 255
+    for split in ("train2017", "val2017"):
+        _rgb(root / "images" / split / "000000000139.jpg")
+        _gray(root / "stuffthingmaps_trainval2017" / split / "000000000139.png", lab)
+    source = src.scan_coco_stuff(root)
+    assert len(source.classes) == 182
+    src.prepare_source(source, tmp_path / "out", progress=False)
+    got = PreparedDataset(tmp_path / "out", "train").label(0)
+    assert got[0, 0] == 255 and got[3, 0] == 0 and got[3, 9] == 181
+
+
+def test_em_tiff_stacks_give_a_seeded_20_10_split(tmp_path):
+    root = tmp_path / "em"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    vol = [Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)) for _ in range(30)]
+    labs = [Image.fromarray(np.where(rng.random((16, 16)) > 0.5, 255, 0).astype(np.uint8)) for _ in range(30)]
+    vol[0].save(root / "train-volume.tif", save_all=True, append_images=vol[1:])
+    labs[0].save(root / "train-labels.tif", save_all=True, append_images=labs[1:])
+    a, b = src.scan_em(root, seed=42), src.scan_em(root, seed=42)
+    assert a.splits == b.splits and len(a.splits["train"]) == 20 and len(a.splits["val"]) == 10
+    assert src.scan_em(root, seed=7).splits != a.splits
+    src.prepare_source(a, tmp_path / "out", progress=False)
+    ds = PreparedDataset(tmp_path / "out", "val")
+    k = int(ds.ids[0].split("_")[1])
+    assert np.array_equal(ds.label(0), (np.asarray(labs[k]) == 255).astype(np.uint8))
+    assert np.array_equal(ds.image(0)[..., 0], np.asarray(vol[k]))

@@ -197,7 +197,7 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
         raise ConfigError(f"data_sources.{dataset}.root: {raw} does not exist; put the dataset there in its original "
                           "layout (README, 'Raw datasets') or point the key at it.")
     scan = SCANNERS[dataset]
-    source = scan(raw, seed=int(spec.get("seed", 0))) if dataset == "folder" else scan(raw)
+    source = scan(raw, seed=int(spec["seed"])) if "seed" in spec else scan(raw)
     meta, skipped = prepare_source(source, root, workers=int(spec.get("workers", 2)),
                                    skip_corrupt=bool(spec.get("skip_corrupt", False)), progress=progress)
     if skipped:

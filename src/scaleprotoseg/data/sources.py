@@ -10,6 +10,8 @@ folder. Label maps:
 - cityscapes: gtFine labelIds → the 19 train ids (7 → road = 0, …), every other id → void.
 - ade20k: 0 ("other") → void, k → k − 1.
 - coco_stuff: stuffthingmaps values 0..181 are the classes, 255 = void.
+- em: ISBI 2012 TIFF stacks; label 0 (membrane) → 0, 255 (cell) → 1; a seeded 20/10 split of the 30 slices.
+- cityscapes parts: gtFinePanopticParts uids decoded into per-class part ids (`decode_uids`).
 - folder: masks hold class indices (or the values listed in the classes file), `void` as declared.
 """
 
@@ -38,6 +40,37 @@ CITYSCAPES_CLASSES = (
 CITYSCAPES_LABELID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
                                  24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Cityscapes-Panoptic-Parts part ids (per class, 1-based) for the classes that have parts.
+_HUMAN = ("torso", "head", "arms", "legs")
+_VEHICLE = ("windows", "wheels", "lights", "license plate", "chassis")
+CITYSCAPES_PARTS = {"person": _HUMAN, "rider": _HUMAN, "car": _VEHICLE, "truck": _VEHICLE, "bus": _VEHICLE}
+
+
+def decode_uids(uids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Panoptic-parts uids → (semantic ids, instance ids, part ids), −1 where absent.
+
+    The documented format (panoptic-parts.readthedocs.io, "label format"): a uid of up to 2 digits is a
+    semantic id; 3–5 digits: sid·1000 + iid; 6–7 digits: sid·100000 + iid·100 + pid. (The `panoptic_parts`
+    package implements the same, but fails to import on Python ≥ 3.10: it parses the version as a float.)
+    """
+    u = np.asarray(uids, dtype=np.int64)
+    sid = np.where(u <= 99, u, np.where(u <= 99_999, u // 1000, u // 100_000))
+    iid = np.where(u <= 99, -1, np.where(u <= 99_999, u % 1000, (u // 100) % 1000))
+    pid = np.where(u <= 99_999, -1, u % 100)
+    return sid, iid, pid
+
+
+def read_panoptic_parts(path: Path) -> np.ndarray:
+    """A panoptic-parts uid TIFF/PNG → uint8 local part ids (0 = no part)."""
+    try:
+        with Image.open(path) as img:
+            uids = np.asarray(img).astype(np.int64)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path} is not a readable panoptic-parts file ({exc}).") from exc
+    _, _, pid = decode_uids(uids)
+    if pid.max(initial=0) > 255:
+        raise DataError(f"{path}: part ids above 255.")
+    return np.where(pid > 0, pid, 0).astype(np.uint8)
 
 
 def lookup_table(mapping: dict[int, int], default: int = VOID) -> np.ndarray:
@@ -91,14 +124,22 @@ class Source:
     label_map: Callable[[np.ndarray], np.ndarray]
     projection_split: str = "train"
     parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    part_reader: Callable[[Path], np.ndarray] | None = None  # part file → local part ids (uint8)
+    loader: Callable[[str], tuple] | None = None  # a custom reader (EM's multi-page TIFFs)
 
     def load(self, sid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if self.loader is not None:
+            return self.loader(sid)
         img_path, lab_path, part_path = self.files[sid]
         image = read_image(img_path)
         label = self.label_map(read_index_png(lab_path))
         if image.shape[:2] != label.shape:
             raise DataError(f"{lab_path}: label {label.shape} and image {img_path.name} {image.shape[:2]} differ in size.")
-        parts = read_index_png(part_path) if part_path is not None else None
+        parts = None
+        if part_path is not None:
+            parts = self.part_reader(part_path) if self.part_reader is not None else read_index_png(part_path)
+        if self.parts and parts is None:
+            parts = np.zeros_like(label)  # an image without part annotations: no visible part
         return image, label, parts
 
     def missing(self) -> list[Path]:
@@ -157,11 +198,12 @@ def scan_cityscapes(root: Path) -> Source:
             parts = root / "gtFinePanopticParts" / split / city / f"{stem}_gtFinePanopticParts.tif"
             sid = f"{split}_{stem}"
             splits[split].append(sid)
-            files[sid] = (p, lab, None)
-            del parts  # part annotations are decoded by the interpretability metrics' loader (not yet wired)
+            files[sid] = (p, lab, parts if parts.is_file() else None)
     if not splits["train"] or not splits["val"]:
         raise DataError(f"{root}: no images under leftImg8bit/train/<city>/ or leftImg8bit/val/<city>/.")
-    return Source("cityscapes", CITYSCAPES_CLASSES, splits, files, lambda a: CITYSCAPES_TABLE[a])
+    has_parts = any(f[2] is not None for f in files.values())
+    return Source("cityscapes", CITYSCAPES_CLASSES, splits, files, lambda a: CITYSCAPES_TABLE[a],
+                  parts=CITYSCAPES_PARTS if has_parts else {}, part_reader=read_panoptic_parts)
 
 
 def scan_ade20k(root: Path) -> Source:
@@ -187,6 +229,71 @@ def _ade_names(base: Path) -> tuple[str, ...]:
         if len(names) == 150:
             return tuple(names)
     return tuple(f"class_{k:03d}" for k in range(1, 151))
+
+
+def scan_coco_stuff(root: Path) -> Source:
+    """COCO 2017 images + stuffthingmaps: values 0..181 are the classes, 255 = void."""
+    root = Path(root)
+    img_dirs = {"train": ["images/train2017", "train2017", "images/train"], "val": ["images/val2017", "val2017", "images/val"]}
+    lab_dirs = {"train": ["stuffthingmaps_trainval2017/train2017", "stuffthingmaps/train2017", "annotations/train2017", "annotations_png/train"],
+                "val": ["stuffthingmaps_trainval2017/val2017", "stuffthingmaps/val2017", "annotations/val2017", "annotations_png/val"]}
+    splits, files = {}, {}
+    for split in ("train", "val"):
+        idir = next((root / d for d in img_dirs[split] if (root / d).is_dir()), None)
+        ldir = next((root / d for d in lab_dirs[split] if (root / d).is_dir()), None)
+        if idir is None or ldir is None:
+            raise DataError(f"{root}: expected images/{split}2017/ and stuffthingmaps_trainval2017/{split}2017/ "
+                            "(COCO 2017 images and COCO-Stuff stuffthingmaps); see the README.")
+        splits[split] = []
+        for p in sorted(idir.glob("*.jpg")):
+            splits[split].append(p.stem)
+            files[p.stem] = (p, ldir / f"{p.stem}.png", None)
+    names = root / "labels.txt"
+    classes = tuple(f"class_{k:03d}" for k in range(182))
+    if names.is_file():  # COCO-Stuff's labels.txt: "<id>: <name>" lines, ids 0..181 (plus 'unlabeled')
+        table = dict(line.split(":", 1) for line in names.read_text().splitlines() if ":" in line)
+        classes = tuple(table.get(str(k), f"class_{k:03d}").strip() for k in range(182))
+    return Source("coco_stuff", classes, splits, files, lambda a: a.copy())
+
+
+def scan_em(root: Path, seed: int = 42, n_val: int = 10) -> Source:
+    """ISBI 2012: train-volume.tif / train-labels.tif (30 slices); 0 → membrane (0), 255 → cell (1); a
+    seeded train/val split of the slices."""
+    root = Path(root)
+    vol, labs = root / "train-volume.tif", root / "train-labels.tif"
+    for p in (vol, labs):
+        if not p.is_file():
+            raise DataError(f"{root}: {p.name} is missing (ISBI 2012 EM); see the README.")
+
+    def n_frames(path: Path) -> int:
+        try:
+            with Image.open(path) as img:
+                return getattr(img, "n_frames", 1)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{path} is not a readable TIFF stack ({exc}).") from exc
+
+    n = n_frames(vol)
+    if n_frames(labs) != n:
+        raise DataError(f"{root}: {vol.name} has {n} slices but {labs.name} has {n_frames(labs)}.")
+    ids = [f"slice_{k:02d}" for k in range(n)]
+    perm = np.random.default_rng(seed).permutation(n)
+    val = sorted(ids[k] for k in perm[: min(n_val, n - 1)])
+    splits = {"train": [i for i in ids if i not in val], "val": val}
+
+    def frame(path: Path, k: int) -> np.ndarray:
+        with Image.open(path) as img:
+            img.seek(k)
+            return np.asarray(img).copy()
+
+    def loader(sid: str):
+        k = int(sid.split("_")[1])
+        gray = frame(vol, k).astype(np.uint8)
+        lab = frame(labs, k)
+        label = np.where(lab > 127, 1, 0).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), label, None
+
+    files = {i: (vol, labs, None) for i in ids}
+    return Source("em", ("membrane", "cell"), splits, files, lambda a: a, loader=loader)
 
 
 def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
@@ -243,7 +350,8 @@ def _classes_file(root: Path) -> dict:
     raise DataError(f"{root}: classes.json (or classes.yaml) is missing: list the class `names` (optional `values`, `void`).")
 
 
-SCANNERS = {"pascal": scan_pascal, "cityscapes": scan_cityscapes, "ade20k": scan_ade20k, "folder": scan_folder}
+SCANNERS = {"pascal": scan_pascal, "cityscapes": scan_cityscapes, "ade20k": scan_ade20k, "coco_stuff": scan_coco_stuff,
+            "em": scan_em, "folder": scan_folder}
 
 
 def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bool = False, progress: bool = True):
