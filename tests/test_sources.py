@@ -251,3 +251,54 @@ def test_em_tiff_stacks_give_a_seeded_20_10_split(tmp_path):
     k = int(ds.ids[0].split("_")[1])
     assert np.array_equal(ds.label(0), (np.asarray(labs[k]) == 255).astype(np.uint8))
     assert np.array_equal(ds.image(0)[..., 0], np.asarray(vol[k]))
+
+
+def _tiny_model(params, dataset, K):
+    from scaleprotoseg import pipeline
+    from scaleprotoseg.config import load_config
+
+    cfg = load_config(params, dataset=dataset, method="deeplab",
+                      overrides={f"presets.{dataset}.model.backbone": "small", f"presets.{dataset}.model.width": 4,
+                                 f"presets.{dataset}.model.pretrained": False, f"presets.{dataset}.model.msc_scales": [],
+                                 f"presets.{dataset}.data.eval_size": None})
+    return pipeline.build_for(cfg, K, offline=True).eval(), cfg
+
+
+def test_voc_test_export_writes_palette_pngs_in_the_server_layout(tmp_path, params):
+    from scaleprotoseg.export import export_test_predictions
+
+    root = tmp_path / "voc"
+    pascal_fixture(root)
+    _rgb(root / "JPEGImages" / "2008_000009.jpg", h=20, w=24)
+    (root / "ImageSets" / "Segmentation" / "test.txt").write_text("2008_000009\n")
+    source = src.scan_pascal(root)
+    assert source.splits["test"] == ["2008_000009"]
+    src.prepare_source(source, tmp_path / "prep", progress=False)
+    model, cfg = _tiny_model(params, "pascal", 21)
+    info = export_test_predictions(model, tmp_path / "prep", cfg.data, "pascal", tmp_path / "out", "cpu", progress=False)
+    path = tmp_path / "out" / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls" / "2008_000009.png"
+    assert info["exported"] == 1 and path.is_file()
+    with Image.open(path) as img:
+        assert img.mode == "P" and img.size == (24, 20)
+        assert img.getpalette()[3:6] == [128, 0, 0]
+        assert np.asarray(img).max() <= 20
+
+
+def test_cityscapes_test_export_writes_label_ids(tmp_path, params):
+    from scaleprotoseg.export import export_test_predictions
+
+    root = tmp_path / "cs"
+    for split in ("train", "val"):
+        _rgb(root / "leftImg8bit" / split / "ulm" / "ulm_000000_000019_leftImg8bit.png")
+        _gray(root / "gtFine" / split / "ulm" / "ulm_000000_000019_gtFine_labelIds.png", np.full((8, 10), 7))
+    _rgb(root / "leftImg8bit" / "test" / "berlin" / "berlin_000001_000019_leftImg8bit.png", h=16, w=32)
+    src.prepare_source(src.scan_cityscapes(root), tmp_path / "prep", progress=False)
+    model, cfg = _tiny_model(params, "cityscapes", 19)
+    info = export_test_predictions(model, tmp_path / "prep", cfg.data, "cityscapes", tmp_path / "out", "cpu", progress=False)
+    path = tmp_path / "out" / "berlin" / "berlin_000001_000019_pred_labelIds.png"
+    assert info["exported"] == 1 and path.is_file()
+    ids = set(np.unique(np.asarray(Image.open(path))).tolist())
+    assert ids <= set(src.CITYSCAPES_LABELID_TO_TRAINID)  # labelIds, never train ids
+    # a dataset without a server gets a note, not an error
+    info = export_test_predictions(model, tmp_path / "prep", cfg.data, "ade20k", tmp_path / "none", "cpu", progress=False)
+    assert info["exported"] == 0 and (tmp_path / "none" / "README.txt").is_file()

@@ -133,7 +133,7 @@ def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
         for m in method_names(params):
             _smoke_chain(load_config(params, dataset=cfg.dataset, method=m), root, upto="evaluate")
         return  # the report works without interpretability metrics (its columns stay empty)
-    upto = {"train": None, "project": "train", "evaluate": "project", "interpret": "project"}[name]
+    upto = {"train": None, "project": "train", "evaluate": "project", "interpret": "project", "export": "project"}[name]
     if cfg.start is not None:
         _smoke_chain(cfg.start, root, upto="project")
     if upto:
@@ -778,6 +778,19 @@ def scale_usage(model, classes) -> pd.DataFrame:
     total = table.sum(0)
     df.loc["all classes"] = (100 * total / total.sum().clamp(min=1e-12)).numpy()
     return df
+
+
+# --------------------------------------------------------------------------------------------------------
+# 70 export
+
+
+def export(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+    """Test-set predictions in the evaluation server's format (pascal, cityscapes); a note otherwise."""
+    from .export import export_test_predictions
+
+    device = resolve_device(cfg.device)
+    model, _, _ = load_model(final_checkpoint(train_dir, project_dir), device)
+    return export_test_predictions(model, data_root, cfg.data, cfg.dataset, out_dir, device, progress)
 
 
 # --------------------------------------------------------------------------------------------------------

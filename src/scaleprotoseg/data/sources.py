@@ -82,6 +82,21 @@ def lookup_table(mapping: dict[int, int], default: int = VOID) -> np.ndarray:
 
 
 CITYSCAPES_TABLE = lookup_table(CITYSCAPES_LABELID_TO_TRAINID)
+CITYSCAPES_TRAINID_TO_LABELID = lookup_table({v: k for k, v in CITYSCAPES_LABELID_TO_TRAINID.items()}, default=0)
+
+
+def voc_palette() -> np.ndarray:
+    """The 256-colour VOC palette (bit-interleaved class index → RGB), flattened for `Image.putpalette`."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal.ravel()
 ADE_TABLE = lookup_table({k: k - 1 for k in range(1, 151)})
 PASCAL_TABLE = lookup_table({k: k for k in range(21)})
 
@@ -132,6 +147,8 @@ class Source:
             return self.loader(sid)
         img_path, lab_path, part_path = self.files[sid]
         image = read_image(img_path)
+        if lab_path is None:  # a test image: no label; stored as all void so evaluation can never use it
+            return image, np.full(image.shape[:2], VOID, np.uint8), (np.zeros(image.shape[:2], np.uint8) if self.parts else None)
         label = self.label_map(read_index_png(lab_path))
         if image.shape[:2] != label.shape:
             raise DataError(f"{lab_path}: label {label.shape} and image {img_path.name} {image.shape[:2]} differ in size.")
@@ -175,10 +192,14 @@ def scan_pascal(root: Path) -> Source:
         raise DataError(f"{root}: split lists ImageSets/SegmentationAug/{{train_aug,train,val}}.txt "
                         "(or ImageSets/Segmentation/{train,val}.txt) are missing.")
     if "train_aug" in splits:
-        splits["project"] = splits.pop("train")  if "train" in splits else list(splits["train_aug"])
+        splits["project"] = splits.pop("train") if "train" in splits else list(splits["train_aug"])
         splits["train"] = splits.pop("train_aug")
     ids = sorted({i for v in splits.values() for i in v})
     files = {i: (root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png", None) for i in ids}
+    test_list = root / "ImageSets" / "Segmentation" / "test.txt"
+    if test_list.is_file():  # the VOC2012 test images (unlabelled): for the evaluation server's export
+        splits["test"] = [i for i in _read_list(test_list) if i not in files]
+        files.update({i: (root / "JPEGImages" / f"{i}.jpg", None, None) for i in splits["test"]})
     return Source("pascal", PASCAL_CLASSES, splits, files, lambda a: PASCAL_TABLE[a],
                   projection_split="project" if "project" in splits else "train")
 
@@ -201,6 +222,13 @@ def scan_cityscapes(root: Path) -> Source:
             files[sid] = (p, lab, parts if parts.is_file() else None)
     if not splits["train"] or not splits["val"]:
         raise DataError(f"{root}: no images under leftImg8bit/train/<city>/ or leftImg8bit/val/<city>/.")
+    test = sorted((root / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))
+    if test:  # unlabelled: for the evaluation server's export
+        splits["test"] = []
+        for p in test:
+            sid = f"test_{p.name[: -len('_leftImg8bit.png')]}"
+            splits["test"].append(sid)
+            files[sid] = (p, None, None)
     has_parts = any(f[2] is not None for f in files.values())
     return Source("cityscapes", CITYSCAPES_CLASSES, splits, files, lambda a: CITYSCAPES_TABLE[a],
                   parts=CITYSCAPES_PARTS if has_parts else {}, part_reader=read_panoptic_parts)
