@@ -24,7 +24,7 @@ from torch import nn
 
 from ..losses import class_slots, group_entropy, kld_pair_mask
 from .aspp import ASPP
-from .segmenter import multi_scale
+from .segmenter import FrozenBatchNormMixin, multi_scale
 
 EPSILON = 1e-4
 INCORRECT_STRENGTH = -0.5
@@ -173,7 +173,7 @@ class GroupHead(nn.Module):
         return out.index_put((self.index[self.valid],), used[self.valid], accumulate=False)
 
 
-class PrototypeSegmenter(nn.Module):
+class PrototypeSegmenter(FrozenBatchNormMixin, nn.Module):
     """ProtoSeg (`scales=False`: ASPP summed) or ScaleProtoSeg (`scales=True`: ASPP concatenated per scale)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, rates, per_class: int, features: int,
@@ -215,14 +215,6 @@ class PrototypeSegmenter(nn.Module):
                 setattr(self.group_head, name, state_dict[f"group_head.{name}"].clone())
             self.group_head.weight = nn.Parameter(state_dict["group_head.weight"].clone())
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.freeze_bn:
-            from .backbone import freeze_batchnorm
-
-            freeze_batchnorm(self.backbone)
-        return self
 
     # -- forward -------------------------------------------------------------------------------------------
     def aspp_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,18 @@ def multi_scale(fn, x: torch.Tensor, scales, training: bool):
     return [full, *outs, fused] if training else fused
 
 
-class DeepLabV2(nn.Module):
+class FrozenBatchNormMixin:
+    """`train()` keeps the trunk's BatchNorm in evaluation mode while `self.freeze_bn` is set (the paper's
+    frozen BN, and phases that do not train the trunk)."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_bn:
+            freeze_batchnorm(self.backbone)
+        return self
+
+
+class DeepLabV2(FrozenBatchNormMixin, nn.Module):
     """The black-box baseline: trunk → ASPP (branches summed into K logits) at output stride 8."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, rates, msc_scales=(), freeze_bn: bool = False):
@@ -43,12 +54,6 @@ class DeepLabV2(nn.Module):
         self.msc_scales = tuple(msc_scales)
         self.freeze_bn = freeze_bn
         self.num_classes = num_classes
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.freeze_bn:
-            freeze_batchnorm(self.backbone)
-        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.aspp(self.backbone(x))  # (B, K, h, w)
