@@ -466,10 +466,7 @@ def train_groups(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Pat
     model.add_groups(cfg.train.groups)
     # the projection's provenance and patches travel with the model, for the gallery
     src = Path(start_checkpoint).parent
-    for name in ("provenance.csv", "patches.npz"):
-        if (src / name).is_file():
-            with atomic_path(out_dir / name) as tmp:
-                tmp.write_bytes((src / name).read_bytes())
+    _copy_projection_records(src, out_dir)
     t = cfg.train
     val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, t.val_images)
     logger = LiveLogger(report_dir / "dvclive", resume=any((out_dir / f).is_file() for f in ("resume_group_warmup.pt", "resume_group_joint.pt", "group_warmup.pt")))
@@ -587,14 +584,33 @@ def provenance(project_dir: Path) -> pd.DataFrame:
     return pd.read_csv(path, index_col=0) if path.is_file() else pd.DataFrame()
 
 
-def gallery_figure(project_dir: Path, report_dir: Path, title: str):
-    """Draw (and save as gallery.png) the source patches of the final prototypes; a note for deeplab."""
+PROJECTION_RECORDS = ("provenance.csv", "patches.npz")
+
+
+def read_patches(project_dir: Path):
+    """(patches, boxes, names) saved by the projection, or None (deeplab)."""
     path = Path(project_dir) / "patches.npz"
     if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return z["patches"], z["boxes"], list(z["names"])
+
+
+def _copy_projection_records(src: Path, dst: Path) -> None:
+    """Carry the projection's provenance and patches along with a model derived from it."""
+    for name in PROJECTION_RECORDS:
+        if (Path(src) / name).is_file():
+            with atomic_path(Path(dst) / name) as tmp:
+                tmp.write_bytes((Path(src) / name).read_bytes())
+
+
+def gallery_figure(project_dir: Path, report_dir: Path, title: str):
+    """Draw (and save as gallery.png) the source patches of the final prototypes; a note for deeplab."""
+    saved = read_patches(project_dir)
+    if saved is None:
         fig = plots.message_figure("No prototypes (black-box model): nothing to show.")
     else:
-        with np.load(path) as z:
-            fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), title=title)
+        fig = plots.prototype_gallery(*saved, title=title)
     plots.save_figure(fig, Path(report_dir) / "gallery.png")
     return show(Path(report_dir) / "gallery.png")
 
@@ -607,10 +623,7 @@ def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
     before = prototype_counts(model)
     model.group_head.threshold(cfg.train.threshold)
     after = prototype_counts(model)
-    for name in ("provenance.csv", "patches.npz"):
-        if (train_dir / name).is_file():
-            with atomic_path(out_dir / name) as tmp:
-                tmp.write_bytes((train_dir / name).read_bytes())
+    _copy_projection_records(train_dir, out_dir)
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="thresholded", step=0, classes=payload["classes"])
     return {"method": cfg.method, "threshold": cfg.train.threshold, "before_threshold": before, **after}
 
@@ -705,13 +718,11 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
 
 def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path, data_root: Path) -> None:
     """The figures of the interpretability notebook, each saved as a PNG."""
-    patches = project_dir / "patches.npz"
+    saved = read_patches(project_dir)
     used = model.group_head.used_prototypes().cpu().numpy() if model.group_head is not None else None
-    if patches.is_file():
-        with np.load(patches) as z:
-            fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), used=used,
-                                          group_weights=_group_weight_labels(model),
-                                          title=f"{cfg.method}: prototypes by class and scale (source patches)")
+    if saved is not None:
+        fig = plots.prototype_gallery(*saved, used=used, group_weights=_group_weight_labels(model),
+                                      title=f"{cfg.method}: prototypes by class and scale (source patches)")
         plots.save_figure(fig, report_dir / "gallery.png")
     plots.save_figure(plots.scale_usage_figure(scale_usage(model, meta.classes), title=f"{cfg.method}: share of used prototype weight per scale"),
                       report_dir / "scale_usage.png")
@@ -724,9 +735,8 @@ def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: P
     val = PreparedDataset(data_root, "val")
     plots.save_figure(explain.explain_prediction(model, val, cfg.data, device, cfg.seed, cfg.method), report_dir / "explanation.png")
     plots.save_figure(explain.failure_cases(model, val, cfg.data, device, max_images=cfg.eval.max_images), report_dir / "failure_cases.png")
-    if patches.is_file():
-        with np.load(patches) as z:
-            fig = explain.nearest_prototypes(model, val, cfg.data, device, cfg.seed, z["patches"], z["boxes"], list(z["names"]))
+    if saved is not None:
+        fig = explain.nearest_prototypes(model, val, cfg.data, device, cfg.seed, *saved)
         plots.save_figure(fig, report_dir / "nearest_prototypes.png")
 
 
@@ -864,8 +874,7 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
     plots.save_figure(plots.curves_figure(results["curves"]), out_dir / "training_curves.png")
     if results.get("gallery"):
         m, path = results["gallery"]
-        with np.load(path) as z:
-            fig = plots.prototype_gallery(z["patches"], z["boxes"], list(z["names"]), title=f"{m}: prototypes by class and scale")
+        fig = plots.prototype_gallery(*read_patches(Path(path).parent), title=f"{m}: prototypes by class and scale")
     else:
         fig = plots.message_figure("No prototype method in experiment.methods: no gallery.")
     plots.save_figure(fig, out_dir / "gallery.png")

@@ -36,6 +36,12 @@ def class_connection(owner: torch.Tensor, num_classes: int) -> torch.Tensor:
     return own + INCORRECT_STRENGTH * (1 - own)
 
 
+def off_class_l1(weight: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Σ |w| over the (K, N) weights connecting column n to a class other than its owner (§3.4)."""
+    own = F.one_hot(owner, num_classes).T.bool()
+    return weight.abs().masked_fill(own, 0).sum()
+
+
 def log_similarity(d: torch.Tensor, eps: float = EPSILON) -> torch.Tensor:
     return torch.log((d + 1) / (d + eps))
 
@@ -159,8 +165,7 @@ class GroupHead(nn.Module):
         return torch.einsum("bghw,kg->bkhw", self.group_activations(sim), self.head)
 
     def off_class_l1(self) -> torch.Tensor:
-        own = F.one_hot(self.group_class, self.num_classes).T.bool()
-        return self.head.abs().masked_fill(own, 0).sum()
+        return off_class_l1(self.head, self.group_class, self.num_classes)
 
     def entropy(self) -> torch.Tensor:
         """Mean over classes and groups of the row entropy / log(n_c) (§3.5)."""
@@ -262,8 +267,7 @@ class PrototypeSegmenter(FrozenBatchNormMixin, nn.Module):
         return groups
 
     def off_class_l1(self) -> torch.Tensor:
-        own = F.one_hot(self.prototypes.proto_class, self.num_classes).T.bool()
-        return self.last_layer.abs().masked_fill(own, 0).sum()
+        return off_class_l1(self.last_layer, self.prototypes.proto_class, self.num_classes)
 
 
 def prototype_counts(model: PrototypeSegmenter) -> dict[str, float]:
