@@ -302,3 +302,56 @@ def test_cityscapes_test_export_writes_label_ids(tmp_path, params):
     # a dataset without a server gets a note, not an error
     info = export_test_predictions(model, tmp_path / "prep", cfg.data, "ade20k", tmp_path / "none", "cpu", progress=False)
     assert info["exported"] == 0 and (tmp_path / "none" / "README.txt").is_file()
+
+
+PPP_SPEC = """\
+version: 2.0
+name: Pascal Panoptic Parts
+scene_class2part_classes: {
+  aeroplane: [body, engine, wheel], bicycle: [], bird: [], boat: [], bottle: [], bus: [],
+  car: [body, wheel, light], cat: [], chair: [], cow: [], table: [], dog: [], horse: [], motorbike: [],
+  person: [torso, head], pottedplant: [], sheep: [], sofa: [], train: [], tvmonitor: [], wall: []
+}
+countable_pids_groupings: {
+  aeroplane: {engine: [2, 3, 4, 5], wheel: [6, 7, 8]},
+  car: {wheel: [20, 21, 22, 23]}
+}
+"""
+
+
+def test_pascal_panoptic_parts_are_folded_per_class_with_the_spec(tmp_path):
+    root = tmp_path / "voc"
+    pascal_fixture(root)  # 1 = aeroplane at [2:5, 2:6], 15 = person at [6:, :3]
+    uids = np.zeros((8, 10), np.int32)
+    uids[2:5, 2:6] = 100101  # aeroplane, instance 1, body (raw 1 → 1)
+    uids[2, 2] = 100103  # an engine (raw 3 → folded to 'engine' = 2)
+    uids[3, 3] = 100107  # a wheel (raw 7 → 'wheel' = 3)
+    uids[4, 5] = 100199  # a raw id the spec does not know → no part
+    uids[6:, :3] = 1500102  # person head (raw 2 → 2: no grouping, position 2)
+    uids[7, 0] = 15001  # person pixel without part
+    uids[0, 9] = 2100101  # a context class (sid 21) with a part id → not a VOC part
+    tif = root / "labels" / "validation" / "2007_000003.tif"
+    tif.parent.mkdir(parents=True)
+    Image.fromarray(uids, mode="I").save(tif)
+    with pytest.raises(DataError, match="parts.yaml"):
+        src.scan_pascal(root)
+    (root / "parts.yaml").write_text(PPP_SPEC)
+    source = src.scan_pascal(root)
+    assert source.parts["aeroplane"] == ("body", "engine", "wheel") and "bicycle" not in source.parts
+    src.prepare_source(source, tmp_path / "out", progress=False)
+    val = PreparedDataset(tmp_path / "out", "val")
+    p = val.parts(0)
+    expect = np.zeros((8, 10), np.uint8)
+    expect[2:5, 2:6] = 1
+    expect[2, 2], expect[3, 3], expect[4, 5] = 2, 3, 0
+    expect[6:, :3] = 2
+    expect[7, 0] = 0
+    assert np.array_equal(p, expect)
+    # images without a part file have no visible part
+    assert not PreparedDataset(tmp_path / "out", "train").parts(0).any()
+    # the spec's table: car wheels 20..23 fold into 'wheel' (2); sid 7 is car
+    parts, table = src.pascal_part_table(__import__("yaml").safe_load(PPP_SPEC), root / "parts.yaml")
+    assert table[7, 20:24].tolist() == [2, 2, 2, 2] and table[7, 1] == 1 and table[7, 3] == 3 and table[7, 2] == 0
+    bad = PPP_SPEC.replace("aeroplane: [body", "plane: [body")
+    with pytest.raises(DataError, match="VOC order"):
+        src.pascal_part_table(__import__("yaml").safe_load(bad), root / "parts.yaml")

@@ -12,6 +12,10 @@ folder. Label maps:
 - coco_stuff: stuffthingmaps values 0..181 are the classes, 255 = void.
 - em: ISBI 2012 TIFF stacks; label 0 (membrane) → 0, 255 (cell) → 1; a seeded 20/10 split of the 30 slices.
 - cityscapes parts: gtFinePanopticParts uids decoded into per-class part ids (`decode_uids`).
+- pascal parts: Pascal-Panoptic-Parts uid TIFFs (`labels/<split>/<id>.tif`) decoded, then each raw part id
+  mapped to its class's part index with `parts.yaml` (the package's `ppp_datasetspec.yaml`):
+  `scene_class2part_classes` orders the parts (index = position + 1) and `countable_pids_groupings` folds
+  the countable fine parts (e.g. a car's wheels 20..29) into one.
 - folder: masks hold class indices (or the values listed in the classes file), `void` as declared.
 """
 
@@ -71,6 +75,49 @@ def read_panoptic_parts(path: Path) -> np.ndarray:
     if pid.max(initial=0) > 255:
         raise DataError(f"{path}: part ids above 255.")
     return np.where(pid > 0, pid, 0).astype(np.uint8)
+
+
+def pascal_part_table(spec: dict, where: Path) -> tuple[dict[str, tuple[str, ...]], np.ndarray]:
+    """`parts.yaml` (Pascal-Panoptic-Parts' dataset spec) → (VOC class → part names, a (21, 100) uint8 table
+    (semantic id, raw part id) → part index within the class, 0 for unmapped ids).
+
+    The spec lists the scene classes in order (semantic id = position + 1); the first 20 are VOC's, in VOC's
+    order (its `table` is VOC's `diningtable`)."""
+    classes = spec.get("scene_class2part_classes") if isinstance(spec, dict) else None
+    groups = (spec.get("countable_pids_groupings") or {}) if isinstance(spec, dict) else {}
+    if not isinstance(classes, dict) or not isinstance(groups, dict):
+        raise DataError(f"{where}: expected the mappings `scene_class2part_classes` (and optional "
+                        "`countable_pids_groupings`) of panoptic_parts' ppp_datasetspec.yaml.")
+    names = [n for n in classes if str(n).upper() != "UNLABELED"]
+    voc = ["diningtable" if n == "table" else n for n in names[:20]]
+    if voc != list(PASCAL_CLASSES[1:]):
+        raise DataError(f"{where}: the first 20 scene classes must be VOC's in VOC order "
+                        f"({', '.join(PASCAL_CLASSES[1:4])}, …); got {voc[:4]}…")
+    table = np.zeros((21, 100), np.uint8)
+    parts = {}
+    for sid, (name, voc_name) in enumerate(zip(names[:20], voc), start=1):
+        plist = list(classes[name] or [])
+        if plist:
+            parts[voc_name] = tuple(str(p) for p in plist)
+        for pos, part in enumerate(plist, start=1):
+            raw = (groups.get(name) or {}).get(part, [pos])
+            for r in raw:
+                if not 0 < int(r) < 100:
+                    raise DataError(f"{where}: {name}/{part}: raw part id {r} is outside 1..99.")
+                table[sid, int(r)] = pos
+    return parts, table
+
+
+def read_pascal_parts(path: Path, table: np.ndarray) -> np.ndarray:
+    """A Pascal-Panoptic-Parts uid TIFF → uint8 part index within the pixel's VOC class (0 = no part)."""
+    try:
+        with Image.open(path) as img:
+            uids = np.asarray(img).astype(np.int64)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path} is not a readable panoptic-parts file ({exc}).") from exc
+    sid, _, pid = decode_uids(uids)
+    ok = (sid >= 1) & (sid <= 20) & (pid > 0)
+    return np.where(ok, table[np.clip(sid, 0, 20), np.clip(pid, 0, 99)], 0).astype(np.uint8)
 
 
 def lookup_table(mapping: dict[int, int], default: int = VOID) -> np.ndarray:
@@ -155,6 +202,8 @@ class Source:
         parts = None
         if part_path is not None:
             parts = self.part_reader(part_path) if self.part_reader is not None else read_index_png(part_path)
+            if parts.shape != label.shape:
+                raise DataError(f"{part_path}: parts {parts.shape} and label {lab_path.name} {label.shape} differ in size.")
         if self.parts and parts is None:
             parts = np.zeros_like(label)  # an image without part annotations: no visible part
         return image, label, parts
@@ -195,13 +244,33 @@ def scan_pascal(root: Path) -> Source:
         splits["project"] = splits.pop("train") if "train" in splits else list(splits["train_aug"])
         splits["train"] = splits.pop("train_aug")
     ids = sorted({i for v in splits.values() for i in v})
-    files = {i: (root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png", None) for i in ids}
+    part_files, parts, reader = _pascal_panoptic_parts(root)
+    files = {i: (root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png", part_files.get(i)) for i in ids}
     test_list = root / "ImageSets" / "Segmentation" / "test.txt"
     if test_list.is_file():  # the VOC2012 test images (unlabelled): for the evaluation server's export
         splits["test"] = [i for i in _read_list(test_list) if i not in files]
         files.update({i: (root / "JPEGImages" / f"{i}.jpg", None, None) for i in splits["test"]})
     return Source("pascal", PASCAL_CLASSES, splits, files, lambda a: PASCAL_TABLE[a],
-                  projection_split="project" if "project" in splits else "train")
+                  projection_split="project" if "project" in splits else "train", parts=parts, part_reader=reader)
+
+
+def _pascal_panoptic_parts(root: Path):
+    """Optional Pascal-Panoptic-Parts beside VOC: `labels/<any split folder>/<id>.tif` and `parts.yaml`."""
+    tifs = {p.stem: p for p in sorted((root / "labels").glob("*/*.tif"))} if (root / "labels").is_dir() else {}
+    if not tifs:
+        return {}, {}, None
+    spec_path = root / "parts.yaml"
+    if not spec_path.is_file():
+        raise DataError(f"{root}: Pascal-Panoptic-Parts labels/ found but {spec_path.name} is missing: copy "
+                        "panoptic_parts/specs/dataset_specs/ppp_datasetspec.yaml there as parts.yaml (README).")
+    import yaml
+
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as exc:
+        raise DataError(f"{spec_path} is not valid YAML ({exc}).") from exc
+    parts, table = pascal_part_table(spec, spec_path)
+    return tifs, parts, lambda p: read_pascal_parts(p, table)
 
 
 def scan_cityscapes(root: Path) -> Source:
