@@ -53,7 +53,7 @@ def pascal_fixture(root, palette=True):
 def test_pascal_palette_labels_are_read_as_indices_and_255_is_void(tmp_path):
     lab = pascal_fixture(tmp_path / "voc")
     source = src.scan_pascal(tmp_path / "voc")
-    meta, skipped = src.prepare_source(source, tmp_path / "out", progress=False)
+    meta, skipped, _, _ = src.prepare_source(source, tmp_path / "out", progress=False)
     assert skipped == [] and meta.splits["train"] == ("2007_000001", "2007_000002") and meta.splits["val"] == ("2007_000003",)
     got = PreparedDataset(tmp_path / "out", "train").label(0)
     assert np.array_equal(got, lab)  # 1 = aeroplane (not 128), 15 = person, 255 void
@@ -69,7 +69,7 @@ def test_pascal_grayscale_aug_labels_and_train_aug_lists(tmp_path):
                                        "/JPEGImages/2007_000002.jpg /SegmentationClassAug/2007_000002.png\n")
     source = src.scan_pascal(root)
     assert source.projection_split == "project" and source.splits["project"] == ["2007_000001", "2007_000002"]
-    meta, _ = src.prepare_source(source, tmp_path / "out", progress=False)
+    meta, *_ = src.prepare_source(source, tmp_path / "out", progress=False)
     assert np.array_equal(PreparedDataset(tmp_path / "out", "val").label(0), lab)
 
 
@@ -85,7 +85,7 @@ def test_missing_and_corrupt_files_are_reported_by_name(tmp_path):
     with pytest.raises(DataError, match=r"(?s)2007_000003.png.*skip_corrupt"):
         src.prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
-    meta, skipped = src.prepare_source(src.scan_pascal(root), tmp_path / "out", skip_corrupt=True, progress=False)
+    meta, skipped, _, _ = src.prepare_source(src.scan_pascal(root), tmp_path / "out", skip_corrupt=True, progress=False)
     assert skipped == ["2007_000003"] and meta.splits["val"] == ()
 
 
@@ -355,3 +355,40 @@ def test_pascal_panoptic_parts_are_folded_per_class_with_the_spec(tmp_path):
     bad = PPP_SPEC.replace("aeroplane: [body", "plane: [body")
     with pytest.raises(DataError, match="VOC order"):
         src.pascal_part_table(__import__("yaml").safe_load(bad), root / "parts.yaml")
+
+
+def test_preparation_is_incremental_and_keeps_jpegs_as_they_are(tmp_path):
+    import os
+
+    root = tmp_path / "voc"
+    pascal_fixture(root)
+    out = tmp_path / "out"
+    first = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    assert (first.converted, first.reused) == (3, 0)
+    # JPEG sources are stored byte for byte, and read back as the same pixels
+    jpg = root / "JPEGImages" / "2007_000001.jpg"
+    assert (out / "images" / "2007_000001.jpg").read_bytes() == jpg.read_bytes()
+    assert np.array_equal(PreparedDataset(out, "train").image(0), src.read_image(jpg))
+    again = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    assert (again.converted, again.reused) == (0, 3)
+    # one changed label is re-converted, and only that one; the output follows the new file
+    lab = np.zeros((8, 10), np.uint8)
+    lab[:, :5] = 7
+    _palette(root / "SegmentationClass" / "2007_000002.png", lab)
+    st = (root / "SegmentationClass" / "2007_000002.png").stat()
+    os.utime(root / "SegmentationClass" / "2007_000002.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    assert (third.converted, third.reused) == (1, 2)
+    assert np.array_equal(PreparedDataset(out, "train").label(1), lab)
+    # a prepared folder whose files were deleted by hand is rebuilt rather than trusted
+    (out / "labels" / "2007_000003.png").unlink()
+    fourth = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    assert (fourth.converted, fourth.reused) == (1, 2)
+    assert PreparedDataset(out, "val").label(0).shape == (8, 10)
+    # a file every sample's conversion depends on (the parts spec appears) re-converts everything
+    tif = root / "labels" / "validation" / "2007_000003.tif"
+    tif.parent.mkdir(parents=True)
+    Image.fromarray(np.full((8, 10), 100101, np.int32), mode="I").save(tif)
+    (root / "parts.yaml").write_text(PPP_SPEC)
+    fifth = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    assert (fifth.converted, fifth.reused) == (3, 0) and PreparedDataset(out, "val").parts(0).max() == 1

@@ -198,11 +198,12 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
                           "layout (README, 'Raw datasets') or point the key at it.")
     scan = SCANNERS[dataset]
     source = scan(raw, seed=int(spec["seed"])) if "seed" in spec else scan(raw)
-    meta, skipped = prepare_source(source, root, workers=int(spec.get("workers", 2)),
-                                   skip_corrupt=bool(spec.get("skip_corrupt", False)), progress=progress)
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable sample(s) (data_sources.{dataset}.skip_corrupt): {skipped[:20]}")
-    return meta
+    res = prepare_source(source, root, workers=int(spec.get("workers", 2)),
+                         skip_corrupt=bool(spec.get("skip_corrupt", False)), progress=progress)
+    print(f"{dataset}: converted {res.converted} sample(s), kept {res.reused} unchanged since the last preparation.")
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} unreadable sample(s) (data_sources.{dataset}.skip_corrupt): {res.skipped[:20]}")
+    return res.meta
 
 
 def dataset_preview(root: Path, split: str = "train", n: int = 6, seed: int = 0):

@@ -3,7 +3,7 @@
 ```
 <root>/
   meta.json                  {"format", "name", "classes", "void", "parts", "splits", "projection_split"}
-  images/<id>.png            RGB, uint8
+  images/<id>.png|jpg        RGB, uint8 (a JPEG source is kept as its original bytes: no re-encoding, no loss)
   labels/<id>.png            uint8 class index 0..K-1, 255 = void
   parts/<id>.png             uint8 part index within the pixel's class (1..n_c), 0 = no part (optional)
 ```
@@ -117,17 +117,28 @@ def write_prepared(
     return root
 
 
-def save_sample(root: Path, sid: str, image: np.ndarray, label: np.ndarray, parts: np.ndarray | None) -> None:
-    """Write one sample's PNGs under `root` (images/, labels/, parts/), after checking shapes and types."""
+def save_sample(root: Path, sid: str, image: np.ndarray, label: np.ndarray, parts: np.ndarray | None,
+                jpeg: Path | None = None) -> list[Path]:
+    """Write one sample under `root` (images/, labels/, parts/), after checking shapes and types; return the
+    paths written. `jpeg`: the JPEG file `image` was decoded from, stored as it is instead of a PNG."""
+    import shutil
+
     _check_array("image", sid, image, 3)
     _check_array("label", sid, label, 2)
     if image.shape[:2] != label.shape:
         raise DataError(f"sample {sid}: image {image.shape[:2]} and label {label.shape} differ in size")
-    Image.fromarray(image).save(root / "images" / f"{sid}.png")
-    Image.fromarray(label).save(root / "labels" / f"{sid}.png")
+    if jpeg is not None:
+        written = [shutil.copyfile(jpeg, root / "images" / f"{sid}.jpg")]
+    else:
+        written = [root / "images" / f"{sid}.png"]
+        Image.fromarray(image).save(written[0])
+    written.append(root / "labels" / f"{sid}.png")
+    Image.fromarray(label).save(written[-1])
     if parts is not None:
         _check_array("parts", sid, parts, 2)
-        Image.fromarray(parts).save(root / "parts" / f"{sid}.png")
+        written.append(root / "parts" / f"{sid}.png")
+        Image.fromarray(parts).save(written[-1])
+    return [Path(p) for p in written]
 
 
 def _read_png(path: Path, mode: str) -> np.ndarray:
@@ -165,7 +176,8 @@ class PreparedDataset:
         return len(self.ids)
 
     def image(self, i: int) -> np.ndarray:
-        return _read_png(self.root / "images" / f"{self.ids[i]}.png", "RGB")
+        path = self.root / "images" / f"{self.ids[i]}.jpg"
+        return _read_png(path if path.is_file() else path.with_suffix(".png"), "RGB")
 
     def label(self, i: int) -> np.ndarray:
         sid = self.ids[i]

@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from .prepared import VOID
+from .prepared import VOID, DatasetMeta
 
 PASCAL_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -188,6 +188,7 @@ class Source:
     parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     part_reader: Callable[[Path], np.ndarray] | None = None  # part file → local part ids (uint8)
     loader: Callable[[str], tuple] | None = None  # a custom reader (EM's multi-page TIFFs)
+    extra: tuple[Path, ...] = ()  # files every sample's conversion depends on (classes file, parts spec)
 
     def load(self, sid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if self.loader is not None:
@@ -244,21 +245,22 @@ def scan_pascal(root: Path) -> Source:
         splits["project"] = splits.pop("train") if "train" in splits else list(splits["train_aug"])
         splits["train"] = splits.pop("train_aug")
     ids = sorted({i for v in splits.values() for i in v})
-    part_files, parts, reader = _pascal_panoptic_parts(root)
+    part_files, parts, reader, spec_path = _pascal_panoptic_parts(root)
     files = {i: (root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png", part_files.get(i)) for i in ids}
     test_list = root / "ImageSets" / "Segmentation" / "test.txt"
     if test_list.is_file():  # the VOC2012 test images (unlabelled): for the evaluation server's export
         splits["test"] = [i for i in _read_list(test_list) if i not in files]
         files.update({i: (root / "JPEGImages" / f"{i}.jpg", None, None) for i in splits["test"]})
     return Source("pascal", PASCAL_CLASSES, splits, files, lambda a: PASCAL_TABLE[a],
-                  projection_split="project" if "project" in splits else "train", parts=parts, part_reader=reader)
+                  projection_split="project" if "project" in splits else "train", parts=parts, part_reader=reader,
+                  extra=(spec_path,) if spec_path else ())
 
 
 def _pascal_panoptic_parts(root: Path):
     """Optional Pascal-Panoptic-Parts beside VOC: `labels/<any split folder>/<id>.tif` and `parts.yaml`."""
     tifs = {p.stem: p for p in sorted((root / "labels").glob("*/*.tif"))} if (root / "labels").is_dir() else {}
     if not tifs:
-        return {}, {}, None
+        return {}, {}, None, None
     spec_path = root / "parts.yaml"
     if not spec_path.is_file():
         raise DataError(f"{root}: Pascal-Panoptic-Parts labels/ found but {spec_path.name} is missing: copy "
@@ -270,7 +272,7 @@ def _pascal_panoptic_parts(root: Path):
     except yaml.YAMLError as exc:
         raise DataError(f"{spec_path} is not valid YAML ({exc}).") from exc
     parts, table = pascal_part_table(spec, spec_path)
-    return tifs, parts, lambda p: read_pascal_parts(p, table)
+    return tifs, parts, lambda p: read_pascal_parts(p, table), spec_path
 
 
 def scan_cityscapes(root: Path) -> Source:
@@ -400,7 +402,7 @@ def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
     for need in ("images", "masks"):
         if not (root / need).is_dir():
             raise DataError(f"{root}: the folder dataset needs {need}/ (images/ and masks/ with matching file stems).")
-    spec = _classes_file(root)
+    spec, spec_path = _classes_file(root)
     names = spec["names"]
     void = int(spec.get("void", VOID))
     values = spec.get("values", list(range(len(names))))
@@ -427,10 +429,10 @@ def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
         return out
 
     files = {i: (images[i], masks[i], None) for i in ids}
-    return Source("folder", tuple(names), splits, files, label_map)
+    return Source("folder", tuple(names), splits, files, label_map, extra=(spec_path,))
 
 
-def _classes_file(root: Path) -> dict:
+def _classes_file(root: Path) -> tuple[dict, Path]:
     for name in ("classes.json", "classes.yaml", "classes.yml"):
         path = root / name
         if path.is_file():
@@ -443,7 +445,7 @@ def _classes_file(root: Path) -> dict:
                 spec = yaml.safe_load(text)
             if not isinstance(spec, dict) or not isinstance(spec.get("names"), list) or not spec["names"]:
                 raise DataError(f"{path}: expected a mapping with a non-empty list `names` (and optional `values`, `void`).")
-            return spec
+            return spec, path
     raise DataError(f"{root}: classes.json (or classes.yaml) is missing: list the class `names` (optional `values`, `void`).")
 
 
@@ -451,39 +453,103 @@ SCANNERS = {"pascal": scan_pascal, "cityscapes": scan_cityscapes, "ade20k": scan
             "em": scan_em, "folder": scan_folder}
 
 
-def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bool = False, progress: bool = True):
+class Prepared(NamedTuple):
+    meta: DatasetMeta
+    skipped: list[str]  # ids left out because a file could not be read (skip_corrupt)
+    converted: int  # samples decoded and written
+    reused: int  # samples whose files were unchanged since the last preparation (kept as they were)
+
+
+MANIFEST = "sources.json"  # per sample: the raw files it came from (path, size, mtime) → incremental re-runs
+
+
+def _stat(paths) -> list:
+    out = []
+    for p in paths:
+        if p is not None:
+            st = Path(p).stat()
+            out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _converter_key(source: Source) -> str:
+    """What every sample's conversion depends on besides its own files: this module's code, the dataset's
+    name and classes, and the shared files (classes file, parts spec)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for mod in (Path(__file__), Path(__file__).with_name("prepared.py")):
+        h.update(mod.read_bytes())
+    h.update(json.dumps([source.name, list(source.classes), _stat(source.extra)]).encode())
+    return h.hexdigest()[:16]
+
+
+def _old_outputs(out: Path, key: str) -> dict:
+    """The previous preparation's manifest entries, if it was made by the same converter."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest.get("samples", {}) if manifest.get("converter") == key else {}
+
+
+def _reuse(out: Path, tmp: Path, sid: str, entry: dict) -> bool:
+    """Link (or copy) one unchanged sample's outputs from the previous preparation into `tmp`."""
+    import os
+    import shutil
+
+    srcs = [out / rel for rel in entry.get("outputs", [])]
+    if not srcs or not all(p.is_file() for p in srcs):
+        return False
+    for p in srcs:
+        dst = tmp / p.relative_to(out)
+        try:
+            os.link(p, dst)
+        except OSError:
+            shutil.copy2(p, dst)
+    return True
+
+
+def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bool = False,
+                   progress: bool = True) -> Prepared:
     """Convert `source` into the prepared format at `out` (atomically), `workers` files at a time.
 
     Every file the split lists name is checked first: missing files stop the stage with their list. A file
     that cannot be read stops it too, with the list of every such file — unless `skip_corrupt`, in which
-    case those samples are left out and reported. Returns the meta and the skipped ids."""
+    case those samples are left out and reported. A sample whose raw files (path, size, modification time)
+    and converter are unchanged since the previous preparation at `out` is kept, not re-converted."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
     from ..io import atomic_dir
-    from .prepared import DatasetMeta, save_sample
+    from .prepared import save_sample
 
     missing = source.missing()
     if missing:
         shown = "\n  ".join(str(p) for p in missing[:20])
         raise DataError(f"{len(missing)} file(s) named by the split lists are missing, e.g.\n  {shown}\n"
                         "Restore them or fix the split lists; nothing was written.")
-    meta = DatasetMeta(name=source.name, classes=source.classes, splits={}, parts=source.parts,
-                       projection_split=source.projection_split)
     ids = sorted(source.files)
     out = Path(out)
+    key = _converter_key(source)
+    old = _old_outputs(out, key)
 
     def convert(sid: str, tmp: Path):
+        fp = _stat(source.files[sid])
+        if sid in old and old[sid].get("files") == fp and _reuse(out, tmp, sid, old[sid]):
+            return sid, {"files": fp, "outputs": old[sid]["outputs"]}, True
         try:
             image, label, parts = source.load(sid)
             bad = (label >= len(source.classes)) & (label != VOID)
             if bad.any():
                 raise DataError(f"{source.files[sid][1]}: label values {sorted(set(label[bad].tolist()))[:10]} are not classes.")
-            save_sample(tmp, sid, image, label, parts)
-            return sid, None
+            img_path = source.files[sid][0] if source.loader is None else None
+            jpeg = img_path if img_path is not None and img_path.suffix.lower() in (".jpg", ".jpeg") else None
+            written = save_sample(tmp, sid, image, label, parts, jpeg=jpeg)
+            return sid, {"files": fp, "outputs": [str(p.relative_to(tmp)) for p in written]}, False
         except DataError as exc:
-            return sid, str(exc)
+            return sid, str(exc), False
 
     with atomic_dir(out) as tmp:
         for sub in ("images", "labels", "parts"):
@@ -491,13 +557,16 @@ def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bo
         with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
             results = list(tqdm(pool.map(lambda s: convert(s, tmp), ids), total=len(ids), desc=f"prepare {source.name}",
                                 disable=not progress, leave=False))
-        errors = {sid: err for sid, err in results if err}
+        errors = {sid: r for sid, r, _ in results if isinstance(r, str)}
         if errors and not skip_corrupt:
             shown = "\n  ".join(errors.values())
             raise DataError(f"{len(errors)} file(s) could not be converted:\n  {shown}\n"
                             f"Fix or remove them, or set data_sources.{source.name}.skip_corrupt: true to leave them out.")
         splits = {k: tuple(i for i in v if i not in errors) for k, v in source.splits.items()}
-        meta = DatasetMeta(name=meta.name, classes=meta.classes, splits=splits, parts=meta.parts,
-                           projection_split=meta.projection_split)
+        meta = DatasetMeta(name=source.name, classes=source.classes, splits=splits, parts=source.parts,
+                           projection_split=source.projection_split)
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n")
-    return meta, sorted(errors)
+        samples = {sid: r for sid, r, _ in results if not isinstance(r, str)}
+        (tmp / MANIFEST).write_text(json.dumps({"converter": key, "samples": samples}) + "\n")
+    reused = sum(1 for _, r, hit in results if hit)
+    return Prepared(meta, sorted(errors), len(samples) - reused, reused)
