@@ -12,6 +12,8 @@ from scaleprotoseg.data import sources as src
 from scaleprotoseg.data.prepared import PreparedDataset, read_meta
 from scaleprotoseg.errors import DataError
 
+from .layouts import PPP_SPEC
+
 
 def _rgb(path, h=8, w=10, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,20 +305,6 @@ def test_cityscapes_test_export_writes_label_ids(tmp_path, params):
     info = export_test_predictions(model, tmp_path / "prep", cfg.data, "ade20k", tmp_path / "none", "cpu", progress=False)
     assert info["exported"] == 0 and (tmp_path / "none" / "README.txt").is_file()
 
-
-PPP_SPEC = """\
-version: 2.0
-name: Pascal Panoptic Parts
-scene_class2part_classes: {
-  aeroplane: [body, engine, wheel], bicycle: [], bird: [], boat: [], bottle: [], bus: [],
-  car: [body, wheel, light], cat: [], chair: [], cow: [], table: [], dog: [], horse: [], motorbike: [],
-  person: [torso, head], pottedplant: [], sheep: [], sofa: [], train: [], tvmonitor: [], wall: []
-}
-countable_pids_groupings: {
-  aeroplane: {engine: [2, 3, 4, 5], wheel: [6, 7, 8]},
-  car: {wheel: [20, 21, 22, 23]}
-}
-"""
 
 
 def test_pascal_panoptic_parts_are_folded_per_class_with_the_spec(tmp_path):
