@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test unit nbval bench clean-venv
+.PHONY: setup repro test unit nbval bench schedule clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ nbval: setup
 bench: setup
 	$(PY) -m scaleprotoseg.bench $(BENCH_ARGS)
 	$(PY) -m scaleprotoseg.bench --interpret-memory
+
+# Cost of each dataset's paper schedule: FLOP counted per phase (SCHEDULE_ARGS="--measure 20" on a GPU: measured).
+schedule: setup
+	$(PY) -m scaleprotoseg.schedule $(SCHEDULE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,70 @@
+"""The paper-schedule cost estimate: FLOP counted on `meta` against a naive per-layer count, phase ordering,
+and the measured mode on CPU."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scaleprotoseg import schedule
+from scaleprotoseg.config import load_config, set_key
+
+from .layouts import tiny_overrides
+
+
+def _cfg(params, method):
+    for k, v in tiny_overrides("pascal", methods=(method,)).items():
+        set_key(params, k, v)
+    return load_config(params, dataset="pascal", method=method)
+
+
+def _naive_forward_flop(model, size) -> float:
+    """2 × Σ over conv layers of k_h·k_w·C_in/groups·C_out·H_out·W_out (+ linear layers), from hooks on a real
+    CPU forward."""
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            kh, kw = mod.kernel_size
+            total += 2 * kh * kw * mod.in_channels // mod.groups * out.numel()
+        elif isinstance(mod, nn.Linear):
+            total += 2 * mod.in_features * out.numel()
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *size))
+    for h in hs:
+        h.remove()
+    return total / 1e12
+
+
+def test_counted_forward_flop_of_deeplab_matches_a_per_layer_count(params):
+    cfg = _cfg(params, "deeplab")
+    counted = schedule.count_tflop(schedule._model(cfg, 21), cfg, None, 1, (48, 64), train=False)
+    naive = _naive_forward_flop(schedule._model(cfg, 21), (48, 64))
+    assert counted > 0 and abs(counted - naive) / naive < 0.02
+
+
+def test_phases_cost_what_they_train(params):
+    cfg = _cfg(params, "scaleprotoseg")
+    m = lambda: schedule._model(cfg, 21)  # noqa: E731
+    fwd = schedule.count_tflop(m(), cfg, None, 2, (32, 32), train=False)
+    warm = schedule.count_tflop(m(), cfg, "warmup", 2, (32, 32))
+    joint = schedule.count_tflop(m(), cfg, "joint", 2, (32, 32))
+    fine = schedule.count_tflop(m(), cfg, "finetune", 2, (32, 32))
+    # joint back-propagates through the trunk (about 3 forward passes); warm-up only through the head;
+    # fine-tuning only into the last layer
+    assert 2.5 * fwd < joint < 3.5 * fwd
+    assert fine < warm < joint and fine < 1.2 * fwd
+
+
+def test_estimate_table_and_measured_mode(params):
+    for m in ("scaleprotoseg",):
+        _cfg(params, m)
+    rows, passes = schedule.estimate(params, datasets=("pascal",), methods=("scaleprotoseg",), measure=1)
+    assert [r.phase for r in rows] == ["warmup", "joint", "finetune"]
+    assert all(r.seconds_per_micro_batch > 0 for r in rows)
+    text = schedule.report(rows, passes, tflops=25.0)
+    assert "| pascal | scaleprotoseg | 4 |" in text  # 1 + 2 + 1 micro-batches of the tiny schedule
