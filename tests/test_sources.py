@@ -380,3 +380,25 @@ def test_preparation_is_incremental_and_keeps_jpegs_as_they_are(tmp_path):
     (root / "parts.yaml").write_text(PPP_SPEC)
     fifth = src.prepare_source(src.scan_pascal(root), out, progress=False)
     assert (fifth.converted, fifth.reused) == (3, 0) and PreparedDataset(out, "val").parts(0).max() == 1
+
+
+def test_rgb_png_sources_are_kept_byte_for_byte_and_others_are_encoded(tmp_path):
+    root = tmp_path / "cs"
+    _rgb(root / "leftImg8bit" / "train" / "ulm" / "ulm_000000_000019_leftImg8bit.png")
+    _gray(root / "gtFine" / "train" / "ulm" / "ulm_000000_000019_gtFine_labelIds.png", np.full((8, 10), 7))
+    _rgb(root / "leftImg8bit" / "val" / "ulm" / "ulm_000001_000019_leftImg8bit.png", seed=1)
+    _gray(root / "gtFine" / "val" / "ulm" / "ulm_000001_000019_gtFine_labelIds.png", np.full((8, 10), 7))
+    src.prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
+    raw = root / "leftImg8bit" / "train" / "ulm" / "ulm_000000_000019_leftImg8bit.png"
+    assert (tmp_path / "out" / "images" / "train_ulm_000000_000019.png").read_bytes() == raw.read_bytes()
+    # a grayscale folder image is decoded to RGB and written as a new PNG
+    root = tmp_path / "mine"
+    _gray(root / "images" / "a.png", np.arange(80).reshape(8, 10))
+    _gray(root / "masks" / "a.png", np.zeros((8, 10)))
+    _gray(root / "images" / "b.png", np.arange(80).reshape(8, 10))
+    _gray(root / "masks" / "b.png", np.zeros((8, 10)))
+    (root / "classes.json").write_text(json.dumps({"names": ["x"]}))
+    src.prepare_source(src.scan_folder(root), tmp_path / "out2", progress=False)
+    ds = PreparedDataset(tmp_path / "out2", "train")
+    img = ds.image(0)
+    assert img.shape == (8, 10, 3) and np.array_equal(img[..., 0], np.arange(80).reshape(8, 10))

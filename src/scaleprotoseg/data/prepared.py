@@ -3,7 +3,7 @@
 ```
 <root>/
   meta.json                  {"format", "name", "classes", "void", "parts", "splits", "projection_split"}
-  images/<id>.png|jpg        RGB, uint8 (a JPEG source is kept as its original bytes: no re-encoding, no loss)
+  images/<id>.png|jpg        RGB, uint8 (a JPEG or RGB PNG source is kept byte for byte: no re-encoding, no loss)
   labels/<id>.png            uint8 class index 0..K-1, 255 = void
   parts/<id>.png             uint8 part index within the pixel's class (1..n_c), 0 = no part (optional)
 ```
@@ -118,17 +118,19 @@ def write_prepared(
 
 
 def save_sample(root: Path, sid: str, image: np.ndarray, label: np.ndarray, parts: np.ndarray | None,
-                jpeg: Path | None = None) -> list[Path]:
+                original: Path | None = None) -> list[Path]:
     """Write one sample under `root` (images/, labels/, parts/), after checking shapes and types; return the
-    paths written. `jpeg`: the JPEG file `image` was decoded from, stored as it is instead of a PNG."""
+    paths written. `original`: the JPEG or RGB PNG file `image` was decoded from, stored byte for byte
+    (no re-encoding, no loss) instead of a new PNG."""
     import shutil
 
     _check_array("image", sid, image, 3)
     _check_array("label", sid, label, 2)
     if image.shape[:2] != label.shape:
         raise DataError(f"sample {sid}: image {image.shape[:2]} and label {label.shape} differ in size")
-    if jpeg is not None:
-        written = [shutil.copyfile(jpeg, root / "images" / f"{sid}.jpg")]
+    if original is not None:
+        ext = ".png" if original.suffix.lower() == ".png" else ".jpg"
+        written = [Path(shutil.copyfile(original, root / "images" / f"{sid}{ext}"))]
     else:
         written = [root / "images" / f"{sid}.png"]
         Image.fromarray(image).save(written[0])
@@ -138,7 +140,7 @@ def save_sample(root: Path, sid: str, image: np.ndarray, label: np.ndarray, part
         _check_array("parts", sid, parts, 2)
         written.append(root / "parts" / f"{sid}.png")
         Image.fromarray(parts).save(written[-1])
-    return [Path(p) for p in written]
+    return written
 
 
 def _read_png(path: Path, mode: str) -> np.ndarray:

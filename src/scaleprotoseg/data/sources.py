@@ -510,6 +510,17 @@ def _reuse(out: Path, tmp: Path, sid: str, entry: dict) -> bool:
     return True
 
 
+def _stored_as_is(path: Path) -> Path | None:
+    """`path` if the prepared format can keep it byte for byte (a JPEG, or an 8-bit RGB PNG), else None."""
+    suffix = path.suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return path
+    if suffix == ".png":
+        with Image.open(path) as img:
+            return path if img.mode == "RGB" else None
+    return None
+
+
 def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bool = False,
                    progress: bool = True) -> Prepared:
     """Convert `source` into the prepared format at `out` (atomically), `workers` files at a time.
@@ -544,9 +555,8 @@ def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bo
             bad = (label >= len(source.classes)) & (label != VOID)
             if bad.any():
                 raise DataError(f"{source.files[sid][1]}: label values {sorted(set(label[bad].tolist()))[:10]} are not classes.")
-            img_path = source.files[sid][0] if source.loader is None else None
-            jpeg = img_path if img_path is not None and img_path.suffix.lower() in (".jpg", ".jpeg") else None
-            written = save_sample(tmp, sid, image, label, parts, jpeg=jpeg)
+            keep = _stored_as_is(source.files[sid][0]) if source.loader is None else None
+            written = save_sample(tmp, sid, image, label, parts, original=keep)
             return sid, {"files": fp, "outputs": [str(p.relative_to(tmp)) for p in written]}, False
         except DataError as exc:
             return sid, str(exc), False
