@@ -189,8 +189,8 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
     spec = (params.get("data_sources") or {}).get(dataset)
     if dataset not in SCANNERS or not isinstance(spec, dict):
         raise ConfigError(
-            f"No preparation for dataset {dataset!r} yet: readers exist for {sorted(SCANNERS)} (data_sources.<name> "
-            "in params.yaml) and the embedded dataset; the others come with the real-datasets issue."
+            f"No preparation for dataset {dataset!r}: readers exist for {sorted(SCANNERS)} (data_sources.<name> "
+            "in params.yaml) and the embedded dataset; a new dataset can use the folder reader (README)."
         )
     raw = resolve(spec.get("root", f"data/{dataset}"))
     if not raw.is_dir():
