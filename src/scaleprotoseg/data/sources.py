@@ -64,17 +64,19 @@ def decode_uids(uids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sid, iid, pid
 
 
-def read_panoptic_parts(path: Path) -> np.ndarray:
-    """A panoptic-parts uid TIFF/PNG → uint8 local part ids (0 = no part)."""
+def read_uids(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A panoptic-parts uid TIFF/PNG → `decode_uids` of its values."""
     try:
         with Image.open(path) as img:
-            uids = np.asarray(img).astype(np.int64)
+            return decode_uids(np.asarray(img))
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path} is not a readable panoptic-parts file ({exc}).") from exc
-    _, _, pid = decode_uids(uids)
-    if pid.max(initial=0) > 255:
-        raise DataError(f"{path}: part ids above 255.")
-    return np.where(pid > 0, pid, 0).astype(np.uint8)
+
+
+def read_panoptic_parts(path: Path) -> np.ndarray:
+    """A Cityscapes-Panoptic-Parts uid file → uint8 part ids, local to each class already (0 = no part)."""
+    _, _, pid = read_uids(path)
+    return np.maximum(pid, 0).astype(np.uint8)  # pids are 2 digits: 0..99
 
 
 def pascal_part_table(spec: dict, where: Path) -> tuple[dict[str, tuple[str, ...]], np.ndarray]:
@@ -110,12 +112,7 @@ def pascal_part_table(spec: dict, where: Path) -> tuple[dict[str, tuple[str, ...
 
 def read_pascal_parts(path: Path, table: np.ndarray) -> np.ndarray:
     """A Pascal-Panoptic-Parts uid TIFF → uint8 part index within the pixel's VOC class (0 = no part)."""
-    try:
-        with Image.open(path) as img:
-            uids = np.asarray(img).astype(np.int64)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path} is not a readable panoptic-parts file ({exc}).") from exc
-    sid, _, pid = decode_uids(uids)
+    sid, _, pid = read_uids(path)
     ok = (sid >= 1) & (sid <= 20) & (pid > 0)
     return np.where(ok, table[np.clip(sid, 0, 20), np.clip(pid, 0, 99)], 0).astype(np.uint8)
 
