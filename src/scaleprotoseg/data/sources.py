@@ -490,7 +490,7 @@ def _old_outputs(out: Path, key: str) -> dict:
     return manifest.get("samples", {}) if manifest.get("converter") == key else {}
 
 
-def _reuse(out: Path, tmp: Path, sid: str, entry: dict) -> bool:
+def _reuse(out: Path, tmp: Path, entry: dict) -> bool:
     """Link (or copy) one unchanged sample's outputs from the previous preparation into `tmp`."""
     import os
     import shutil
@@ -545,7 +545,7 @@ def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bo
 
     def convert(sid: str, tmp: Path):
         fp = _stat(source.files[sid])
-        if sid in old and old[sid].get("files") == fp and _reuse(out, tmp, sid, old[sid]):
+        if sid in old and old[sid].get("files") == fp and _reuse(out, tmp, old[sid]):
             return sid, {"files": fp, "outputs": old[sid]["outputs"]}, True
         try:
             image, label, parts = source.load(sid)
