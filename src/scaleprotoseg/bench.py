@@ -53,28 +53,27 @@ def _models(backbone: str, num_classes: int, protoseg_per_class: int, width: int
     return out
 
 
-def _step_fn(method, model, cfg, deeplab_optimizer="adam"):
+def _step_fn(method, model, cfg, deeplab_optimizer="adam", phase=None):
+    """One training step of `method` (x, y) → loss: loss, backward, optimiser update (and the groups' simplex
+    projection). `phase`: which prototype phase (default: the joint phase of the method's stage)."""
     if method == "deeplab":
         opt = make_optimizer(deeplab_optimizer, [{"params": model.param_groups()["trunk"], "lr": 1e-5},
                                      {"params": model.param_groups()["head"], "lr": 1e-4}], weight_decay=5e-4)
 
         def loss_fn(m, x, y):
             return msc_mean(pixel_cross_entropy, m(x), y)
-    elif method == "scaleprotoseg_groups":
-        spec = phase_spec(model, "group_joint", cfg)
-        opt = make_optimizer("adam", spec.groups)
-        loss_fn = group_loss(cfg)
     else:
-        spec = phase_spec(model, "joint", cfg)
-        opt = make_optimizer("adam", spec.groups)
-        loss_fn = stage1_loss(cfg, "joint")
+        phase = phase or ("group_joint" if method == "scaleprotoseg_groups" else "joint")
+        opt = make_optimizer("adam", phase_spec(model, phase, cfg).groups)
+        loss_fn = group_loss(cfg) if phase.startswith("group") else stage1_loss(cfg, phase)
+    project = method == "scaleprotoseg_groups"
 
     def step(x, y):
         loss = loss_fn(model, x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if method == "scaleprotoseg_groups":
+        if project:
             model.group_head.project()
         return loss
 

@@ -109,38 +109,23 @@ def count_tflop(model, cfg, phase, batch, size, train=True) -> float:
     return fc.get_total_flops() / 1e12
 
 
-def measure_seconds(model, cfg, phase, batch, size, device, steps: int, warmup: int = 2) -> float:
-    """Median seconds of one real micro-batch of `phase` (loss, backward, optimiser step) on `device`."""
-    from .losses import msc_mean, pixel_cross_entropy
-    from .training.loop import make_optimizer
-    from .training.phases import group_loss, phase_spec, stage1_loss
+def measure_seconds(model, cfg, method, phase, batch, size, device, steps: int, warmup: int = 2) -> float:
+    """Median seconds of one real micro-batch of `phase` (the bench's training step: loss, backward, optimiser
+    update; DeepLab with its SGD) on `device`."""
+    from .bench import _step_fn, _sync
 
     model = model.to(device)
     _set_phase(model, cfg, phase)
-    K = model.num_classes
-    if phase == "train":
-        opt = make_optimizer("sgd", [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-6}],
-                             weight_decay=5e-4)
-
-        def loss_fn(m, x, y):
-            return msc_mean(pixel_cross_entropy, m(x), y)
-    else:
-        opt = make_optimizer("adam", phase_spec(model, phase, cfg.train).groups)
-        loss_fn = group_loss(cfg.train) if phase.startswith("group") else stage1_loss(cfg.train, phase)
+    step = _step_fn(method, model, cfg.train, deeplab_optimizer="sgd", phase=None if phase == "train" else phase)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, *size, generator=gen).to(device)
-    y = torch.randint(0, K, (batch, *size), generator=gen).to(device)
+    y = torch.randint(0, model.num_classes, (batch, *size), generator=gen).to(device)
     times = []
     for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         t0 = time.perf_counter()
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        step(x, y)
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -161,7 +146,7 @@ def estimate(params: dict, datasets=DATASETS, methods=METHODS, measure: int = 0,
                 if n == 0:
                     continue
                 tf = count_tflop(_model(cfg, K), cfg, phase, t.batch_size, crop)
-                sec = measure_seconds(_model(cfg, K), cfg, phase, t.batch_size, crop, device, measure) if measure else None
+                sec = measure_seconds(_model(cfg, K), cfg, m, phase, t.batch_size, crop, device, measure) if measure else None
                 rows.append(PhaseCost(ds, m, phase, n, tf, sec))
             fwd = count_tflop(_model(cfg, K), cfg, None, 1, _eval_size(cfg, ds), train=False)
             n_val, n_proj, _ = SPLITS[ds]
