@@ -2,8 +2,11 @@
 
 DeepLab-v2 (Chen et al., TPAMI 2017): the four ASPP branches map backbone features straight to K class
 logits and are **summed**. MSC (official-implementation §2.3): the network also runs on the input resized
-by each extra scale (⌊n·p⌋), the outputs are resized bilinearly to the full-scale output and an element-wise
-max fuses them. Training returns every output plus the max (the loss is averaged over them); evaluation
+by each extra scale p, the outputs are resized bilinearly to the full-scale output and an element-wise
+max fuses them. The input is resized as the released code does it, by the *scale factor* (bilinear,
+`align_corners=False`, size ⌊n·p⌋): source coordinate = (i + 0.5)/p − 0.5, a sampling step of exactly 1/p.
+(An explicit output size would give the same size but a step of n/⌊n·p⌋, e.g. 2.00625 for 321 → 160, so
+the 0.5/0.75 branches would see different pixels.) Training returns every output plus the max (the loss is averaged over them); evaluation
 returns the max only.
 
 Staged forward API: `forward_features(x)` (one input scale, backbone + ASPP), `forward(x)` (MSC around it).
@@ -20,13 +23,18 @@ from .aspp import ASPP
 from .backbone import build_backbone, freeze_batchnorm
 
 
+def resize_by_factor(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) by the factor p on the released MSC grid: output ⌊H·p⌋ × ⌊W·p⌋,
+    source coordinate (i + 0.5)/p − 0.5 (step 1/p, not H/⌊H·p⌋)."""
+    return F.interpolate(x, scale_factor=p, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+
+
 def multi_scale(fn, x: torch.Tensor, scales, training: bool):
     """Run `fn` on `x` and on `x` resized by each of `scales`; fuse by element-wise max (§2.3)."""
     full = fn(x)
     if not scales:
         return [full] if training else full
-    h, w = x.shape[-2:]
-    outs = [fn(F.interpolate(x, size=(int(h * s), int(w * s)), mode="bilinear", align_corners=False)) for s in scales]
+    outs = [fn(resize_by_factor(x, s)) for s in scales]
     fused = full
     for o in outs:
         fused = torch.maximum(fused, F.interpolate(o, size=full.shape[-2:], mode="bilinear", align_corners=False))
