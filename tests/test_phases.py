@@ -47,7 +47,7 @@ def test_each_phase_trains_exactly_its_parameters(params, method, phase):
     model.train()
     x = torch.randn(2, 3, 40, 40)
     y = torch.randint(0, 3, (2, 40, 40))
-    loss_fn = group_loss(cfg.train) if phase.startswith("group") else stage1_loss(cfg.train, phase)
+    loss_fn = group_loss(cfg.train) if phase.startswith("group") else stage1_loss(cfg.train)
     loss_fn(model, x, y).backward()
     assert grad_owners(model) == set(TRAINS[phase])
     in_optimizer = {id(p) for g in spec.groups for p in g["params"]}
@@ -141,3 +141,88 @@ def test_exponent_without_dot_gets_a_yaml_hint(params):
     params["presets"]["embedded"]["scaleprotoseg"]["lr_last_layer"] = "1e-05"
     with pytest.raises(ConfigError, match=r"presets.embedded.scaleprotoseg.lr_last_layer.*1.0e-5"):
         load_config(params, method="scaleprotoseg")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EM (the released em/module_em.py and em/module_multiscale_em.py) and projection rules per preset
+
+
+@pytest.mark.parametrize("method", ["protoseg", "scaleprotoseg"])
+def test_em_joint_trains_the_whole_unet_and_aspp_at_the_features_lr(params, method):
+    """The released EM modules put every parameter of the features (U-Net, its BatchNorm, ASPP) in one
+    group at joint_optimizer_lr_features = 1e-4 with weight decay 5e-4: no 10× ASPP rate, and no name
+    filter that could miss the U-Net."""
+    cfg = load_config(params, dataset="em", method=method)
+    with torch.device("meta"):
+        model = pipeline.build_for(cfg, 2, offline=True)
+    spec = phase_spec(model, "joint", cfg.train)
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in spec.groups for p in g["params"]}
+    features = list(model.backbone.parameters()) + list(model.aspp.parameters())
+    bn = [p for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert bn and len(features) > 20
+    assert all(by_param.get(id(p)) == (1e-4, 5e-4) for p in features)
+    assert by_param[id(model.prototypes.vectors)] == (1e-4, 0.0)
+    assert id(model.last_layer) not in by_param
+    assert not cfg.model.freeze_bn and spec.poly_power == 0.9
+    t = cfg.train
+    assert (t.lr_warmup_aspp, t.lr_warmup_prototypes, t.lr_last_layer) == (2.5e-4, 2.5e-4, 1e-5)
+
+
+@pytest.mark.parametrize("dataset,protoseg_rule", [
+    ("pascal", "any"), ("cityscapes", "any"), ("em", "any"), ("ade20k", "nearest"), ("coco_stuff", "nearest"),
+])
+def test_projection_rule_per_preset(params, dataset, protoseg_rule):
+    """ProtoSeg's released push.py (Pascal, Cityscapes, EM) uses any pixel of the cell; its faster
+    push_optimization.py (ADE20K, COCO-Stuff) and every ScaleProtoSeg push use the nearest-downsampled cell."""
+    assert load_config(params, dataset=dataset, method="protoseg").train.projection_rule == protoseg_rule
+    assert load_config(params, dataset=dataset, method="scaleprotoseg").train.projection_rule == "nearest"
+
+
+def test_unknown_projection_rule_names_the_key(params):
+    params["presets"]["embedded"]["protoseg"]["projection_rule"] = "majority"
+    with pytest.raises(ConfigError, match=r"presets.embedded.protoseg.projection_rule.*nearest.*any"):
+        load_config(params, method="protoseg")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the logged loss is the released total: CE + KLD + L1 in every stage-1 phase
+
+
+def naive_off_class_l1(weight, owner):
+    total = 0.0
+    for k in range(weight.shape[0]):
+        for p in range(weight.shape[1]):
+            if int(owner[p]) != k:
+                total += abs(float(weight[k, p]))
+    return total
+
+
+@pytest.mark.parametrize("method", ["protoseg", "scaleprotoseg"])
+@pytest.mark.parametrize("phase", ["warmup", "joint", "finetune"])
+def test_stage1_logged_loss_is_ce_plus_kld_plus_l1(params, method, phase):
+    from scaleprotoseg.losses import kld_loss, pixel_cross_entropy
+    from scaleprotoseg.training.loop import run_phase
+
+    model, cfg = small_model(params, method)
+    t = cfg.train
+    with torch.no_grad():
+        model.last_layer.add_(0.3 * torch.randn_like(model.last_layer))  # make L1 clearly non-zero
+    spec = phase_spec(model, phase, t)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 3, 40, 40, generator=g), torch.randint(0, 3, (2, 40, 40), generator=g)
+    out = model(x)
+    out = out if isinstance(out, list) else [out]
+    p = model.prototypes
+    ce = sum(pixel_cross_entropy(o["logits"], y) for o in out) / len(out)
+    kld = sum(kld_loss(o["distances"], y, p.proto_class, p.proto_scale, 3, per_scale=model.multiscale) for o in out) / len(out)
+    l1 = naive_off_class_l1(model.last_layer.detach(), p.proto_class)
+    assert l1 > 0.1 and float(kld.detach()) > 0
+    want = t.loss_ce * float(ce.detach()) + t.loss_kld * float(kld.detach()) + t.loss_l1 * l1
+    assert float(stage1_loss(t)(model, x, y).detach()) == pytest.approx(want, rel=1e-5)
+    # ... and exactly that total is what the loop logs for the step
+    logged = {}
+    run_phase(model, phase=phase, steps=1, accumulation=1, optimizer=make_optimizer("adam", spec.groups),
+              loss_fn=stage1_loss(t), make_loader=lambda start: [(x, y)], device=torch.device("cpu"),
+              log_every=1, logger=lambda step, m: logged.update(m), progress=False)
+    assert logged[f"{phase}/loss"] == pytest.approx(want, rel=1e-5)

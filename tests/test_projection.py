@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -145,3 +146,74 @@ def test_activation_box_is_the_bounding_box_of_high_cells():
     sim[0, 0] = 9.0  # higher, but not eligible
     box = pj._activation_box(sim, eligible, h, w)
     assert box.tolist() == [[1, 2, 1, 2]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# eligibility rules: "nearest" (cell's nearest-downsampled label) and "any" (any label pixel in the cell)
+
+
+def naive_cells(label, h, w, K, rule):
+    """(K, h, w) eligibility written out with loops: 'any' maps pixel (i, j) to cell (int(i / (H/h)),
+    int(j / (W/w))) as the released push does; 'nearest' reads the pixel at the cell's centre (PIL NEAREST)."""
+    H, W = label.shape
+    out = torch.zeros(K, h, w, dtype=torch.bool)
+    if rule == "any":
+        for i in range(H):
+            for j in range(W):
+                c = int(label[i, j])
+                if c < K:
+                    out[c, int(i / (H / h)), int(j / (W / w))] = True
+    else:
+        for r in range(h):
+            for q in range(w):
+                c = int(label[min(int((r + 0.5) * H / h), H - 1), min(int((q + 0.5) * W / w), W - 1)])
+                if c < K:
+                    out[c, r, q] = True
+    return out
+
+
+
+@pytest.mark.parametrize("rule", ["any", "nearest"])
+@pytest.mark.parametrize("H,W,h,w", [(8, 8, 2, 2), (37, 53, 5, 7), (321, 500, 41, 63), (41, 41, 41, 41)])
+def test_class_cells_against_loops(rule, H, W, h, w):
+    g = torch.Generator().manual_seed(H * W + h)
+    K = 4
+    label = torch.randint(0, K + 1, (H, W), generator=g)
+    label[label == K] = VOID
+    got = pj.class_cells(label, (h, w), K, rule)
+    assert got.dtype == torch.bool and got.shape == (K, h * w)
+    assert torch.equal(got.view(K, h, w), naive_cells(label, h, w, K, rule))
+
+
+def test_rules_disagree_on_a_handcrafted_image():
+    """Class 1 covers one corner pixel of cell (0, 0): eligible under 'any', not under 'nearest' (the cell's
+    centre pixel is class 0). A prototype of class 1 therefore projects onto cell (0, 0) under 'any' and
+    onto the only cell whose centre is class 1 under 'nearest'."""
+    K, S, D, h, w = 2, 1, 2, 2, 2
+    label = torch.zeros(8, 8, dtype=torch.long)
+    label[0, 0] = 1  # a single pixel in cell (0, 0)
+    label[4:8, 4:8] = 1  # all of cell (1, 1)
+    feats = torch.zeros(S * D, h, w)
+    feats[:, 0, 0] = torch.tensor([0.9, 0.9])  # cell (0, 0): close to the prototype
+    feats[:, 1, 1] = torch.tensor([0.0, 0.0])  # cell (1, 1): far from it
+    model = FixedFeatures([feats], K, 1, S, D)
+    with torch.no_grad():
+        model.prototypes.vectors.copy_(torch.tensor([[0.5, 0.5], [1.0, 1.0]]))  # prototype 1 is class 1's
+    assert int(model.prototypes.proto_class[1]) == 1
+    any_ = pj.find_nearest(model, loader_for([label]), torch.device("cpu"), progress=False, rule="any")
+    near = pj.find_nearest(model, loader_for([label]), torch.device("cpu"), progress=False, rule="nearest")
+    assert any_.position[1].tolist() == [0, 0] and torch.equal(any_.vectors[1], torch.tensor([0.9, 0.9]))
+    assert near.position[1].tolist() == [1, 1] and torch.equal(near.vectors[1], torch.tensor([0.0, 0.0]))
+    assert any_.distance[1].item() == pytest.approx(0.02) and near.distance[1].item() == pytest.approx(2.0)
+    # class 0 is eligible on cells (0, 0), (0, 1), (1, 0) under both rules; void never is
+    for proj in (any_, near):
+        assert proj.found.all()
+
+
+def test_void_is_never_eligible_under_any():
+    label = torch.full((6, 6), VOID, dtype=torch.long)
+    label[5, 5] = 0
+    cells = pj.class_cells(label, (2, 2), 2, "any").view(2, 2, 2)
+    assert cells[0].tolist() == [[False, False], [False, True]] and not cells[1].any()
+    with pytest.raises(ValueError, match="projection rule"):
+        pj.class_cells(label, (2, 2), 2, "majority")

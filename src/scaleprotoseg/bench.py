@@ -65,7 +65,7 @@ def _step_fn(method, model, cfg, deeplab_optimizer="adam", phase=None):
     else:
         phase = phase or ("group_joint" if method == "scaleprotoseg_groups" else "joint")
         opt = make_optimizer("adam", phase_spec(model, phase, cfg).groups)
-        loss_fn = group_loss(cfg) if phase.startswith("group") else stage1_loss(cfg, phase)
+        loss_fn = group_loss(cfg) if phase.startswith("group") else stage1_loss(cfg)
     project = method == "scaleprotoseg_groups"
 
     def step(x, y):

@@ -38,6 +38,7 @@ def after_dependency(method: str) -> str:
 DEVICES = ("auto", "cpu", "cuda")
 BACKBONES = ("resnet101", "small", "unet")
 OPTIMIZERS = ("sgd", "adam")
+PROJECTION_RULES = ("nearest", "any")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -161,8 +162,14 @@ class PrototypeTrainConfig:
     checkpoint_every: int
     val_every: int
     val_images: int
+    # Which feature cells a prototype may be projected onto: "nearest" (the cell's nearest-downsampled label
+    # is its class; ScaleProtoSeg, ProtoSeg on ADE20K/COCO-Stuff) or "any" (any full-resolution label pixel
+    # in the cell is its class; the released ProtoSeg push on Pascal VOC, Cityscapes and EM).
+    projection_rule: str = "nearest"
 
     def check(self, where: str) -> None:
+        if self.projection_rule not in PROJECTION_RULES:
+            raise ConfigError(f"{where}.projection_rule is {self.projection_rule!r}; choose one of {list(PROJECTION_RULES)}.")
         for k in ("prototypes", "features", "batch_size", "accumulation", "log_every", "checkpoint_every",
                   "prune_k", "lr_warmup_aspp", "lr_warmup_prototypes", "lr_joint_trunk", "lr_joint_aspp",
                   "lr_joint_prototypes", "lr_last_layer"):

@@ -439,7 +439,7 @@ def train_prototypes(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir:
     t = cfg.train
     val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, t.val_images)
     logger = LiveLogger(report_dir / "dvclive", resume=any((out_dir / f).is_file() for f in ("resume_warmup.pt", "resume_joint.pt", "warmup.pt")))
-    phases = run_phases(model, cfg, STAGE1_PHASES, lambda ph: stage1_loss(t, ph), data_root, out_dir, logger, device,
+    phases = run_phases(model, cfg, STAGE1_PHASES, lambda ph: stage1_loss(t), data_root, out_dir, logger, device,
                         progress, interrupt_at, meta, val=val)
     logger.end()
     steps = t.warmup_steps + t.joint_steps
@@ -537,7 +537,7 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     loader = eval_loader(data_root, split, cfg.data, 1)
     names = prototype_names(model, meta.classes)
     t0 = time.perf_counter()
-    proj = pj.find_nearest(model, loader, device, progress)
+    proj = pj.find_nearest(model, loader, device, progress, rule=cfg.train.projection_rule)
     seconds_pass = time.perf_counter() - t0
     with torch.no_grad():
         model.prototypes.vectors.copy_(proj.vectors)
@@ -555,7 +555,7 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     save_checkpoint(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
     t = cfg.train
     logger = None
-    phases = run_phases(model, cfg, ("finetune",), lambda ph: stage1_loss(t, ph), data_root, out_dir, logger, device,
+    phases = run_phases(model, cfg, ("finetune",), lambda ph: stage1_loss(t), data_root, out_dir, logger, device,
                         progress, None, meta)
     if cfg.method == "protoseg" and t.prune:
         best_d, best_m = pj.nearest_patches(model, loader, device, t.prune_k, progress)
@@ -567,7 +567,7 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
         model.keep_prototypes(keep2)
         info["pruned"] = pruned
         save_checkpoint(out_dir / "pruned.pt", model, cfg.to_dict(), phase="pruned", step=0, classes=list(meta.classes))
-        phases += run_phases(model, cfg, ("finetune",), lambda ph: stage1_loss(t, ph), data_root, out_dir / "after_pruning",
+        phases += run_phases(model, cfg, ("finetune",), lambda ph: stage1_loss(t), data_root, out_dir / "after_pruning",
                              None, device, progress, None, meta)
     info["prototypes"] = model.prototypes.num_prototypes
     info["phases"] = phases

@@ -2,13 +2,20 @@
 
 Projection is one pass over the projection split in evaluation mode (whole images, no augmentation). For
 every image the distances (P, h·w) are masked **exactly** (a boolean `where` with +inf, never `+1e10`) to the
-pixels whose nearest-downsampled label is the prototype's class, and a running minimum keeps, per
+feature cells eligible for the prototype's class, and a running minimum keeps, per
 prototype, the distance, the image, the position and the feature vector of its own scale at that position;
 no extra forward pass per prototype. With the minimum comes the high-activation box on that image: the
 bounding box of the class cells whose similarity is at least the 95th percentile of the prototype's
 similarity over the class cells (feature resolution, scaled to image pixels). A prototype whose class has no
 eligible pixel keeps its vector and is reported by name. De-duplication removes exact duplicates (same scale,
 same vector) and keeps the lowest index; the class/scale tables follow (they are buffers).
+
+Eligibility rule (`rule`), as the released pipelines have it:
+- `nearest`: the cell's nearest-downsampled label is the class (ScaleProtoSeg everywhere; ProtoSeg's faster
+  push on ADE20K and COCO-Stuff);
+- `any`: **any** full-resolution label pixel inside the cell is the class (ProtoSeg's push on Pascal VOC and
+  Cityscapes). Pixel (i, j) of an H×W label lies in cell (⌊i / (H/h)⌋, ⌊j / (W/w)⌋) of the h×w feature map,
+  the released mapping, computed in float64 as it is there.
 
 Pruning (ProtoSeg only, ProtoPNet's rule): for each prototype, the k images whose best non-void cell is
 nearest; a patch "matches" if any pixel of its cell has the prototype's class; prototypes with fewer than
@@ -57,8 +64,36 @@ def _batches(loader):
                 yield x[None], y[None], int(i)
 
 
+RULES = ("nearest", "any")
+
+
+def cell_index(n: int, cells: int, device=None) -> torch.Tensor:
+    """(n,) the feature cell of each of n pixels along one axis: ⌊i / (n / cells)⌋ in float64 (the released
+    push's `int(i / patch_size)`), so each cell owns a contiguous run of pixels."""
+    i = torch.arange(n, dtype=torch.float64, device=device)
+    return torch.div(i, n / cells, rounding_mode="floor").long().clamp(max=cells - 1)
+
+
+def class_cells(labels: torch.Tensor, size: tuple[int, int], num_classes: int, rule: str) -> torch.Tensor:
+    """(K, h·w) bool: cell (r, c) is eligible for class k under `rule` ('nearest' or 'any'; see the module
+    docstring). `labels` is one (H, W) label map at full resolution; void is never eligible."""
+    h, w = size
+    if rule == "nearest":
+        lab = downsample_labels(labels[None], (h, w)).reshape(h * w)
+        return lab[None, :] == torch.arange(num_classes, device=labels.device)[:, None]
+    if rule != "any":
+        raise ValueError(f"projection rule {rule!r} is not one of {list(RULES)}")
+    H, W = labels.shape
+    cell = cell_index(H, h, labels.device)[:, None] * w + cell_index(W, w, labels.device)[None, :]  # (H, W)
+    lab = labels.long()
+    ok = (lab >= 0) & (lab < num_classes)  # void (255) and anything outside the classes never qualify
+    flat = torch.zeros(num_classes * h * w, dtype=torch.bool, device=labels.device)
+    flat[(lab * (h * w) + cell)[ok]] = True
+    return flat.view(num_classes, h * w)
+
+
 @torch.no_grad()
-def find_nearest(model: PrototypeSegmenter, loader, device, progress: bool = True) -> Projection:
+def find_nearest(model: PrototypeSegmenter, loader, device, progress: bool = True, rule: str = "nearest") -> Projection:
     """The single projection pass: per prototype, the nearest eligible feature vector over the split."""
     model.eval()
     protos = model.prototypes
@@ -77,8 +112,7 @@ def find_nearest(model: PrototypeSegmenter, loader, device, progress: bool = Tru
         feats = model.features(x.to(device), training=False)  # (1, S·D, h, w)
         h, w = feats.shape[-2:]
         d = protos.distances(feats)[0].reshape(P, h * w)
-        lab = downsample_labels(y.to(device), (h, w)).reshape(h * w)
-        eligible = lab[None, :] == cls[:, None]  # (P, N): exact mask, void never qualifies
+        eligible = class_cells(y[0].to(device), (h, w), protos.num_classes, rule)[cls]  # (P, N): exact mask
         dist, pos = torch.where(eligible, d, torch.inf).min(1)
         better = dist < best.distance
         vec = feats[0].reshape(S, D, h * w)[scale[:, None], arange_d[None, :], pos[:, None]]  # (P, D)

@@ -4,16 +4,19 @@ official-implementation §4.2 (stage 1) and §4.4 (stage 2):
 
 | phase          | trains                               | schedule | loss                                  |
 |----------------|--------------------------------------|----------|---------------------------------------|
-| `warmup`       | ASPP, prototypes                     | constant | CE + KLD (+ L1, no effect: head fixed)|
-| `joint`        | trunk (lower LR), ASPP, prototypes   | poly 0.9 | CE + KLD                              |
-| `finetune`     | last layer                           | constant | CE + L1 on off-class weights          |
+| `warmup`       | ASPP, prototypes                     | constant | CE + KLD + L1                         |
+| `joint`        | trunk (lower LR), ASPP, prototypes   | poly 0.9 | CE + KLD + L1                         |
+| `finetune`     | last layer                           | constant | CE + KLD + L1                         |
 | `group_warmup` | group weights                        | constant | CE + L1 + group entropy               |
 | `group_joint`  | group weights, group head            | poly 0.9 | CE + L1 + group entropy               |
 
 Weight decay (coupled L2, as the paper's Adam) applies to the trunk and the ASPP only. Every parameter not in
-a phase's optimiser has `requires_grad=False`, so exactly the intended parameters receive gradients. In
-`finetune` the KLD term is not computed: it does not depend on the last layer, so its gradient is zero.
-In the group phases everything up to the similarities is frozen and runs under `no_grad`.
+a phase's optimiser has `requires_grad=False`, so exactly the intended parameters receive gradients.
+Every stage-1 phase computes the same total as the released code, CE + KLD + L1 on the off-class weights
+of the last layer (each averaged over the MSC outputs), and that total is what is logged: in warm-up and
+joint the L1 term has no gradient (the last layer is frozen), in fine-tuning the KLD has none (the
+prototypes and features are frozen), yet both are part of the logged loss, so curves compare with the
+paper's logs. In the group phases everything up to the similarities is frozen and runs under `no_grad`.
 """
 
 from __future__ import annotations
@@ -80,9 +83,10 @@ def trunk_frozen(phase: str) -> bool:
     return "trunk" not in TRAINS[phase]
 
 
-def stage1_loss(t: PrototypeTrainConfig, phase: str):
-    """loss_fn(model, images, labels) for warm-up, joint and fine-tuning (averaged over MSC outputs)."""
-    with_kld = phase != "finetune" and t.loss_kld > 0
+def stage1_loss(t: PrototypeTrainConfig):
+    """loss_fn(model, images, labels) for warm-up, joint and fine-tuning: CE + KLD + L1 in every phase (the
+    released total; averaged over MSC outputs, L1 added once since it does not depend on the output)."""
+    with_kld = t.loss_kld > 0
 
     def one(out, labels, model):
         loss = t.loss_ce * pixel_cross_entropy(out["logits"], labels)
@@ -97,7 +101,7 @@ def stage1_loss(t: PrototypeTrainConfig, phase: str):
         outs = model(images)
         outs = outs if isinstance(outs, list) else [outs]
         loss = sum(one(o, labels, model) for o in outs) / len(outs)
-        if phase == "finetune" and t.loss_l1 > 0:
+        if t.loss_l1 > 0:
             loss = loss + t.loss_l1 * model.off_class_l1()
         return loss
 
