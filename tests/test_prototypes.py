@@ -1,7 +1,7 @@
 """Prototype layer, KLD diversity loss, simplex projection, group head, Pascal parameter counts and pruning.
 
 Every check compares the package against an independent, naive (loop) implementation written here from
-official-implementation.md §2.5–§2.9 and §3.2–§3.5, or against answers computed by hand.
+docs/method.md §2.5–§2.7 and §3, or against answers computed by hand.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def naive_distances(feats, vectors, proto_scale, D):
 
 
 def naive_kld(dist, labels, proto_class, proto_scale, K, per_scale):
-    """§3.2 with loops: for b, class c with >= 2 pixels, pairs i < j of c's prototypes (same scale if
+    """method.md §3 with loops: for b, class c with >= 2 pixels, pairs i < j of c's prototypes (same scale if
     per_scale): q = softmax over c's pixels of the distance map; J = ½(KL(qi‖qj) + KL(qj‖qi)); mean exp(−J)."""
     B, P, h, w = dist.shape
     pc, ps = [int(v) for v in proto_class], [int(v) for v in proto_scale]
@@ -668,7 +668,7 @@ def test_pascal_group_head_counts():
     assert int(gh.valid_weights().sum()) == 756 == 21 * 3 * 12
     assert gh.weight.numel() == 756
     assert tuple(gh.head.shape) == (21, 63) and gh.head.numel() == 1_323
-    # Class c's 12 columns are {63 s + 3 c + m}, s = 0..3, m = 0..2 (§2.9).
+    # Class c's 12 columns are {63 s + 3 c + m}, s = 0..3, m = 0..2 (method.md §2.5).
     for c in range(21):
         assert gh.index[c].tolist() == sorted(63 * s + 3 * c + m for s in range(4) for m in range(3))
 
@@ -713,7 +713,7 @@ def test_pascal_eval_output_shape(pascal_scaleprotoseg):
 
 
 def test_msc_outputs_small_backbone():
-    """Eval: one dict at full-scale resolution; training: full, 0.5, 0.75 and the fused max (§2.3)."""
+    """Eval: one dict at full-scale resolution; training: full, 0.5, 0.75 and the fused max (method.md §2.3)."""
     torch.manual_seed(0)
     m = build_model("scaleprotoseg", small_cfg(msc_scales=(0.5, 0.75)), 3, prototypes=2, features=4)
     x = torch.rand(2, 3, 65, 65)

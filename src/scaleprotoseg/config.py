@@ -133,7 +133,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PrototypeTrainConfig:
-    """ProtoSeg / ScaleProtoSeg stage 1 (official-implementation §3–§5): warm-up → joint → (projection) →
+    """ProtoSeg / ScaleProtoSeg stage 1 (docs/method.md §3–§5): warm-up → joint → (projection) →
     last-layer fine-tuning, plus ProtoSeg's optional pruning. Steps count mini-batches; learning rates are
     per optimiser group, as in the paper's configs."""
 
@@ -185,7 +185,7 @@ class PrototypeTrainConfig:
 
 @dataclass(frozen=True)
 class GroupTrainConfig:
-    """ScaleProtoSeg stage 2 (§2.8, §4.4): sparse groups on top of the projected stage-1 model."""
+    """ScaleProtoSeg stage 2 (method.md §2.7, §4): sparse groups on top of the projected stage-1 model."""
 
     groups: int  # groups per class (3)
     batch_size: int

@@ -1,4 +1,4 @@
-"""Whole-image evaluation (official-implementation §7.1 with the fixes of decisions.md).
+"""Whole-image evaluation (docs/method.md §7, with the fixes of §10).
 
 The model sees each validation image (resized when the preset says so), its logits are upsampled
 bilinearly to the label's native size, and the arg-max is accumulated into one dataset-level confusion

@@ -1,4 +1,4 @@
-"""Interpretability metrics (decisions.md, "Interpretability metrics: definitions we commit to").
+"""Interpretability metrics (docs/method.md §8, the definitions we commit to).
 
 - **Activation map** of prototype p on an image: its log-similarity at feature resolution, upsampled
   bilinearly to the label size — computed per class, for that class's prototypes only, so no tensor ever

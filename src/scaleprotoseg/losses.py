@@ -1,4 +1,4 @@
-"""Losses as pure functions on tensors (official-implementation §3).
+"""Losses as pure functions on tensors (docs/method.md §3).
 
 Every loss is computed at feature resolution: labels are nearest-downsampled to the logits' (h, w), never
 the logits upsampled. With multi-scale inputs (MSC) the loss is averaged over the outputs.
@@ -57,7 +57,7 @@ def kld_pair_mask(proto_class: torch.Tensor, proto_scale: torch.Tensor, num_clas
 
 def kld_loss(distances: torch.Tensor, labels: torch.Tensor, proto_class: torch.Tensor, proto_scale: torch.Tensor,
              num_classes: int, per_scale: bool, void: int = VOID, table=None) -> torch.Tensor:
-    """Diversity loss of ProtoSeg / ScaleProtoSeg (§3.2), vectorised, with the correct class indexing.
+    """Diversity loss of ProtoSeg / ScaleProtoSeg (method.md §3), vectorised, with the correct class indexing.
 
     For every image b and class c with at least 2 pixels at feature resolution, each of c's prototypes
     defines q = softmax over c's pixels of its **distance** map; every compared pair (i, j) contributes
@@ -89,7 +89,7 @@ def kld_loss(distances: torch.Tensor, labels: torch.Tensor, proto_class: torch.T
 
 
 def group_entropy(weight: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over classes and groups of the normalised row entropy of the group weights (§3.5)."""
+    """Mean over classes and groups of the normalised row entropy of the group weights (method.md §3)."""
     w = weight * valid[:, None, :]
     nc = valid.sum(1).float()
     ent = -(w * torch.log(w + 1e-5)).sum(-1) / torch.log(nc.clamp(min=2))[:, None]

@@ -1,4 +1,4 @@
-"""Prototype projection ("push"), de-duplication and ProtoSeg's pruning (official-implementation §4.3, §5).
+"""Prototype projection ("push"), de-duplication and ProtoSeg's pruning (docs/method.md §5).
 
 Projection is one pass over the projection split in evaluation mode (whole images, no augmentation). For
 every image the distances (P, h·w) are masked **exactly** (a boolean `where` with +inf, never `+1e10`) to the

@@ -9,7 +9,7 @@ FLOP / `--tflops` (a sustained rate you supply: an assumption, printed with the 
 `--measure N` instead times N real micro-batches of every phase (the training code's losses, backward and
 optimiser step) on `--device` after a warm-up, and gives the time from those measured step times: run it
 on the GPU you will train on. Evaluation and projection are counted as forward passes over the split sizes
-of the official datasets (targets.md), at each preset's evaluation resolution.
+of the official datasets, at each preset's evaluation resolution.
 """
 
 from __future__ import annotations

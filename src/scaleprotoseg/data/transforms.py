@@ -1,4 +1,4 @@
-"""Image/label transforms (official-implementation §4.5), written so image and mask stay aligned.
+"""Image/label transforms (docs/method.md §6), written so image and mask stay aligned.
 
 Training: random rescale by f ~ U(lo, hi) (image bilinear, label nearest) → pad bottom/right to the crop
 (image with the mean colour, which normalises to 0; label with void) → random crop → horizontal flip with

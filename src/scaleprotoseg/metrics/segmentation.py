@@ -1,4 +1,4 @@
-"""Segmentation metrics with the protocol of decisions.md ("mIoU").
+"""Segmentation metrics with the protocol of docs/method.md §7 (mIoU).
 
 A dataset-level K×K confusion matrix at label resolution (rows = ground truth, columns = prediction)
 accumulates every image; void ground-truth pixels are dropped before counting, so they count in neither

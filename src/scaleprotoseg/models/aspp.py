@@ -2,7 +2,7 @@
 
 `mode="sum"`: branches summed (DeepLab-v2 class logits; ProtoSeg's 64-channel features).
 `mode="concat"`: branches concatenated scale-major (ScaleProtoSeg: 4 × 64 channels, branch i = scale i).
-Weights N(0, 0.01), biases 0 (official-implementation §2.2).
+Weights N(0, 0.01), biases 0 (docs/method.md §2.2).
 """
 
 from __future__ import annotations

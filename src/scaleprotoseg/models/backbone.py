@@ -1,6 +1,6 @@
 """Backbones at output stride 8.
 
-`resnet101`: the DeepLab-v2 ResNet-101 trunk in the Caffe layout (official-implementation §2.1): a 7×7/2 stem
+`resnet101`: the DeepLab-v2 ResNet-101 trunk in the Caffe layout (docs/method.md §2.1): a 7×7/2 stem
 with a **ceil-mode** 3×3/2 max-pool, bottleneck stages [3, 4, 23, 3] where the stride of a strided block sits
 on its first 1×1 (`reduce`), dilation 2 in the fourth stage and 4 in the fifth, BN eps 1e-5 / momentum 0.001.
 Module names follow that layout (`layer1.conv1.{conv,bn}`, `layerN.blockM.{reduce,conv3x3,increase,shortcut}`),
@@ -101,7 +101,7 @@ class _Trunk(nn.Module):
     out_channels: int
 
     def freeze_bn(self) -> None:
-        """Every BN in eval mode with its affine parameters out of training (official §2.1)."""
+        """Every BN in eval mode with its affine parameters out of training (method.md §2.1)."""
         freeze_batchnorm(self)
 
     def forward(self, x):
@@ -224,7 +224,7 @@ def load_torchvision_resnet101(model: DeepLabResNet101, state: dict[str, torch.T
 
 
 class UNet(nn.Module):
-    """The EM preset's trunk (official-implementation §2.10): a standard U-Net (widths w…16w, max-pool down,
+    """The EM preset's trunk (docs/method.md §2.1): a standard U-Net (widths w…16w, max-pool down,
     transposed-conv up, BatchNorm) whose 1×1 head gives `out_channels` features at full resolution; no
     pre-training, BatchNorm trained. Input sides must be divisible by 16."""
 

@@ -1,6 +1,6 @@
 """Prototype segmenters: ProtoSeg, ScaleProtoSeg (stage 1) and its sparse group head (stage 2).
 
-official-implementation.md §2.4–§2.8 is the specification. The pieces:
+docs/method.md §2.4–§2.7 is the specification. The pieces:
 
 - `PrototypeLayer`: P prototypes of dimension D in the **scale-major** layout idx(s, c, m) = s·K·M + c·M + m;
   `proto_class` and `proto_scale` are buffers, so they survive de-duplication and pruning and live in the
@@ -31,13 +31,13 @@ INCORRECT_STRENGTH = -0.5
 
 
 def class_connection(owner: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, N) weights: +1 where column n belongs to class k, −0.5 elsewhere (§2.6)."""
+    """(K, N) weights: +1 where column n belongs to class k, −0.5 elsewhere (method.md §2.6)."""
     own = F.one_hot(owner, num_classes).T.float()
     return own + INCORRECT_STRENGTH * (1 - own)
 
 
 def off_class_l1(weight: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Σ |w| over the (K, N) weights connecting column n to a class other than its owner (§3.4)."""
+    """Σ |w| over the (K, N) weights connecting column n to a class other than its owner (method.md §3)."""
     own = F.one_hot(owner, num_classes).T.bool()
     return weight.abs().masked_fill(own, 0).sum()
 
@@ -168,7 +168,7 @@ class GroupHead(nn.Module):
         return off_class_l1(self.head, self.group_class, self.num_classes)
 
     def entropy(self) -> torch.Tensor:
-        """Mean over classes and groups of the row entropy / log(n_c) (§3.5)."""
+        """Mean over classes and groups of the row entropy / log(n_c) (method.md §3)."""
         return group_entropy(self.weight, self.valid)
 
     def used_prototypes(self) -> torch.Tensor:

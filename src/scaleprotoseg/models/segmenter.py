@@ -1,7 +1,7 @@
 """Segmenters built from a backbone and an ASPP head, with the multi-input-scale (MSC) wrapper.
 
 DeepLab-v2 (Chen et al., TPAMI 2017): the four ASPP branches map backbone features straight to K class
-logits and are **summed**. MSC (official-implementation §2.3): the network also runs on the input resized
+logits and are **summed**. MSC (docs/method.md §2.3): the network also runs on the input resized
 by each extra scale p, the outputs are resized bilinearly to the full-scale output and an element-wise
 max fuses them. The input is resized as the released code does it, by the *scale factor* (bilinear,
 `align_corners=False`, size ⌊n·p⌋): source coordinate = (i + 0.5)/p − 0.5, a sampling step of exactly 1/p.
@@ -30,7 +30,7 @@ def resize_by_factor(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def multi_scale(fn, x: torch.Tensor, scales, training: bool):
-    """Run `fn` on `x` and on `x` resized by each of `scales`; fuse by element-wise max (§2.3)."""
+    """Run `fn` on `x` and on `x` resized by each of `scales`; fuse by element-wise max (method.md §2.3)."""
     full = fn(x)
     if not scales:
         return [full] if training else full

@@ -1,4 +1,4 @@
-"""Self-describing checkpoints that are data, not pickled code (decisions.md "Always fixed" 3 and 4).
+"""Self-describing checkpoints that are data, not pickled code (docs/method.md §10.1, items 3 and 4).
 
 A checkpoint is a dict of tensors and plain values: the model's state dict, the resolved configuration,
 the phase and the step. It loads with `torch.load(..., weights_only=True)`, so loading never executes code

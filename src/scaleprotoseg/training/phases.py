@@ -1,6 +1,6 @@
 """Training phases of the prototype methods: which parameters train, at which learning rates, on which loss.
 
-official-implementation §4.2 (stage 1) and §4.4 (stage 2):
+docs/method.md §3 (losses) and §4 (phases):
 
 | phase          | trains                               | schedule | loss                                  |
 |----------------|--------------------------------------|----------|---------------------------------------|
