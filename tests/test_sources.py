@@ -314,10 +314,10 @@ def test_pascal_panoptic_parts_are_folded_per_class_with_the_spec(tmp_path):
     uids[2:5, 2:6] = 100101  # aeroplane, instance 1, body (raw 1 → 1)
     uids[2, 2] = 100103  # an engine (raw 3 → folded to 'engine' = 2)
     uids[3, 3] = 100107  # a wheel (raw 7 → 'wheel' = 3)
-    uids[4, 5] = 100199  # a raw id the spec does not know → no part
+    uids[4, 5] = 100100  # aeroplane, void part (pid 0) → no part (an undeclared pid is an error: see below)
     uids[6:, :3] = 1500102  # person head (raw 2 → 2: no grouping, position 2)
     uids[7, 0] = 15001  # person pixel without part
-    uids[0, 9] = 2100101  # a context class (sid 21) with a part id → not a VOC part
+    uids[0, 9] = 2100100  # a context class (sid 21) with the void part → no VOC part
     tif = root / "labels" / "validation" / "2007_000003.tif"
     tif.parent.mkdir(parents=True)
     Image.fromarray(uids, mode="I").save(tif)
@@ -337,9 +337,12 @@ def test_pascal_panoptic_parts_are_folded_per_class_with_the_spec(tmp_path):
     assert np.array_equal(p, expect)
     # images without a part file have no visible part
     assert not PreparedDataset(tmp_path / "out", "train").parts(0).any()
-    # the spec's table: car wheels 20..23 fold into 'wheel' (2); sid 7 is car
+    # the spec's table: car wheels 20..23 fold into 'wheel' (2); sid 7 is car. A part's own position is a file
+    # pid of that part too (panoptic_parts' DatasetSpec maps positions first, then the groupings over them):
+    # raw 2 on a car is its wheel, not an unknown id. Pids the spec does not declare are -1 (an error).
     parts, table = src.pascal_part_table(__import__("yaml").safe_load(PPP_SPEC), root / "parts.yaml")
-    assert table[7, 20:24].tolist() == [2, 2, 2, 2] and table[7, 1] == 1 and table[7, 3] == 3 and table[7, 2] == 0
+    assert table[7, 20:24].tolist() == [2, 2, 2, 2] and table[7, 1] == 1 and table[7, 3] == 3 and table[7, 2] == 2
+    assert table[7, 4] == -1 and table[7, 99] == -1 and table[21, 1] == -1 and table[21, 0] == 0
     bad = PPP_SPEC.replace("aeroplane: [body", "plane: [body")
     with pytest.raises(DataError, match="VOC order"):
         src.pascal_part_table(__import__("yaml").safe_load(bad), root / "parts.yaml")
@@ -402,3 +405,233 @@ def test_rgb_png_sources_are_kept_byte_for_byte_and_others_are_encoded(tmp_path)
     ds = PreparedDataset(tmp_path / "out2", "train")
     img = ds.image(0)
     assert img.shape == (8, 10, 3) and np.array_equal(img[..., 0], np.arange(80).reshape(8, 10))
+
+
+# --- every dataset under its own names ------------------------------------------------------------------
+
+
+COCO_NAMES = ["person", "bicycle"] + [f"thing_{k}" for k in range(3, 182)] + ["wood"]  # labels.txt ids 1..182
+
+
+def _coco_labels(root, lines):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labels.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_coco_stuff_png_value_v_is_named_by_labels_txt_id_v_plus_one(tmp_path):
+    from .layouts import write_coco_stuff
+
+    root = write_coco_stuff(tmp_path / "coco", n=3)
+    _coco_labels(root, ["0: unlabeled"] + [f"{k}: {n}" for k, n in enumerate(COCO_NAMES, start=1)])
+    source = src.scan_coco_stuff(root)
+    assert len(source.classes) == 182 and source.notes == ()
+    assert source.classes[0] == "person" and source.classes[1] == "bicycle" and source.classes[181] == "wood"
+
+
+def test_coco_stuff_labels_txt_in_another_format_is_refused_with_the_line(tmp_path):
+    from .layouts import write_coco_stuff
+
+    root = write_coco_stuff(tmp_path / "coco", n=3)
+    # without labels.txt: placeholder names, and a note that says so
+    source = src.scan_coco_stuff(root)
+    assert source.classes[0] == "class_000" and len(source.classes) == 182
+    assert len(source.notes) == 1 and "labels.txt is missing" in source.notes[0]
+    # a line that is not '<id>: <name>'
+    _coco_labels(root, ["0: unlabeled", "person"] + [f"{k}: {n}" for k, n in enumerate(COCO_NAMES, start=1)])
+    with pytest.raises(DataError, match=r"labels\.txt, line 2: 'person'.*'0: unlabeled' then '1: person'"):
+        src.scan_coco_stuff(root)
+    # a 0-based list (0: person … 181: wood) lacks id 182: it would shift every name
+    _coco_labels(root, [f"{k}: {n}" for k, n in enumerate(COCO_NAMES)])
+    with pytest.raises(DataError, match=r"labels\.txt: ids \[182\] are missing"):
+        src.scan_coco_stuff(root)
+
+
+def _object_info_txt(names):
+    """objectInfo150.txt as ADEChallengeData2016 ships it: a header, tabs, a few stray spaces."""
+    rows = ["Idx\tRatio\tTrain\tVal\tName"]
+    for k, name in enumerate(names, start=1):
+        idx = f"{k} " if k == 22 else str(k)  # the real file has '22 \t0.0074…'
+        rows.append(f"{idx}\t0.0010\t100\t10\t{name}")
+    return "\n".join(rows) + "\n"
+
+
+ADE_NAMES = ["wall", "building, edifice", "sky", "floor, flooring", "tree", "ceiling", "road, route", "bed "] + [
+    f"thing{k}, synonym" for k in range(9, 151)]
+
+
+def test_ade20k_names_come_from_object_info_txt_or_csv(tmp_path):
+    from .layouts import write_ade20k
+
+    root = write_ade20k(tmp_path / "ade", n=3)
+    base = root / "ADEChallengeData2016"
+    (base / "objectInfo150.txt").write_text(_object_info_txt(ADE_NAMES))
+    source = src.scan_ade20k(root)
+    assert source.notes == () and len(source.classes) == 150
+    assert source.classes[:3] == ("wall", "building", "sky") and source.classes[7] == "bed"
+    assert source.classes[21] == "thing22" and source.classes[149] == "thing150"
+    # a mirror's csv in the folder above: quoted names, synonyms separated by ';' (and commas inside quotes)
+    (base / "objectInfo150.txt").unlink()
+    rows = ["Idx,Ratio,Train,Val,Name", '1,0.1576,11664,1172,"wall"', '2,0.1072,6046,612,"building;edifice"',
+            '3,0.0878,8265,796,"person, individual;someone"'] + [f'{k},0.001,10,1,"c{k};x"' for k in range(4, 151)]
+    (root / "objectInfo150.csv").write_text("\n".join(rows) + "\n")
+    source = src.scan_ade20k(root)
+    assert source.notes == () and source.classes[:3] == ("wall", "building", "person") and source.classes[149] == "c150"
+
+
+def test_ade20k_without_names_says_so(tmp_path, params, capsys):
+    from scaleprotoseg import pipeline
+    from scaleprotoseg.config import set_key
+
+    from .layouts import write_ade20k
+
+    root = write_ade20k(tmp_path / "ade", n=3)
+    source = src.scan_ade20k(root)
+    assert source.classes[0] == "class_001" and source.classes[149] == "class_150"
+    assert len(source.notes) == 1 and "objectInfo150.txt (or .csv) is missing from" in source.notes[0]
+    assert "class_001…class_150" in source.notes[0]
+    # a file with 149 entries is not silently accepted (nor silently replaced)
+    (root / "ADEChallengeData2016" / "objectInfo150.txt").write_text(_object_info_txt(ADE_NAMES[:149]))
+    source = src.scan_ade20k(root)
+    assert source.classes[0] == "class_001" and "1..150" in source.notes[0] and "objectInfo150.txt" in source.notes[0]
+    # the preparation stage (what notebooks/10_prepare_data.ipynb runs) shows the note
+    set_key(params, "data_sources.ade20k.root", str(root))
+    meta = pipeline.prepare_dataset(params, "ade20k", tmp_path / "prepared")
+    assert meta.classes[0] == "class_001" and "note: ADE20K class names not read" in capsys.readouterr().out
+
+
+def _uid_tif(path, uids):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(uids, np.int32), mode="I").save(path)
+    return path
+
+
+def test_uids_that_fit_no_format_are_reported_with_their_file(tmp_path):
+    ok = np.array([0, 7, 99, 1000, 24001, 99_999, 100_000, 2_400_102, 9_999_999])
+    sid, iid, pid = src.decode_uids(ok)
+    assert sid.tolist() == [0, 7, 99, 1, 24, 99, 1, 24, 99] and pid.tolist()[-2:] == [2, 99]
+    for bad in (100, 999, -1, 10_000_000):  # 3 digits (sid 0 with an instance), negative, 8 digits
+        with pytest.raises(DataError, match=rf"uids: values \[{bad}\] fit no panoptic-parts uid format"):
+            src.decode_uids(np.array([7, bad]))
+    tif = _uid_tif(tmp_path / "x_gtFinePanopticParts.tif", [[7, 123], [26, 2_600_101]])
+    with pytest.raises(DataError, match=r"x_gtFinePanopticParts\.tif: values \[123\].*4–5 digits"):
+        src.read_uids(tif)
+    # through the preparation stage: the file is named
+    from .layouts import write_cityscapes
+
+    root = write_cityscapes(tmp_path / "cs", n=4)
+    bad = next((root / "gtFinePanopticParts" / "val").glob("*/*.tif"))
+    uids = np.asarray(Image.open(bad)).copy()
+    uids[0, 0] = 555
+    _uid_tif(bad, uids)
+    with pytest.raises(DataError, match=rf"{bad.name}: values \[555\]"):
+        src.prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
+
+
+def test_part_ids_not_declared_for_their_class_are_reported_with_their_file(tmp_path):
+    # Cityscapes: person/rider pids 1..4 (5 is a known artefact → void part), car/truck/bus 1..5, nothing else
+    tif = _uid_tif(tmp_path / "a.tif", [[2_400_104, 2_400_105, 2_600_105, 24_001], [7, 2_500_100, 0, 26]])
+    assert src.read_panoptic_parts(tif).tolist() == [[4, 0, 5, 0], [0, 0, 0, 0]]
+    for uid, what in ((2_600_106, r"sid 26 \(car\) pid 6, declared pids 1–5"),
+                      (700_101, r"sid 7 \(road\) pid 1, declared pids none")):
+        tif = _uid_tif(tmp_path / f"{uid}.tif", [[7, uid]])
+        with pytest.raises(DataError, match=rf"{uid}\.tif: 1 \(semantic id, part id\) pair\(s\) not declared.*{what}"):
+            src.read_panoptic_parts(tif)
+    # Pascal: the part ids parts.yaml declares for the class (positions, countable groupings), nothing else
+    root = tmp_path / "voc"
+    pascal_fixture(root)
+    (root / "parts.yaml").write_text(PPP_SPEC)
+    tif = _uid_tif(root / "labels" / "validation" / "2007_000003.tif", np.full((8, 10), 100_101))
+    for uid, what in ((100_199, r"sid 1 \(aeroplane\) pid 99, declared pids 1–8"),
+                      (700_104, r"sid 7 \(car\) pid 4, declared pids 1–3, 20–23"),
+                      (2_100_101, r"sid 21 \(wall\) pid 1, declared pids none"),
+                      (2_500_101, r"sid 25 pid 1, declared pids none")):
+        uids = np.full((8, 10), 100_101)
+        uids[0, 0] = uid
+        _uid_tif(tif, uids)
+        with pytest.raises(DataError, match=rf"(?s)2007_000003\.tif: 1 \(semantic id, part id\).*parts\.yaml: {what}"):
+            src.prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
+
+
+def _folder_with_parts(root, parts_json=None):
+    """The layouts' folder dataset (ground 10, box 20, stripe 30, void 99) with box parts top (1) / bottom (2)
+    for every image but the last."""
+    from .layouts import write_folder
+
+    write_folder(root, n=5)
+    spec = json.loads((root / "classes.json").read_text())
+    spec["parts"] = parts_json if parts_json is not None else {"box": ["top", "bottom"]}
+    (root / "classes.json").write_text(json.dumps(spec))
+    expect = {}
+    for i in range(4):
+        lab = np.asarray(Image.open(root / "masks" / f"f{i}.png"))
+        part = np.zeros_like(lab)
+        ys, _ = np.nonzero(lab == 20)
+        mid = (ys.min() + ys.max() + 1) // 2
+        part[(lab == 20) & (np.arange(lab.shape[0])[:, None] < mid)] = 1
+        part[(lab == 20) & (np.arange(lab.shape[0])[:, None] >= mid)] = 2
+        expect[f"f{i}"] = part.copy()
+        part[0, :3] = 2  # on void pixels (row 0 is void): ignored
+        _gray(root / "parts" / f"f{i}.png", part)
+    expect["f4"] = np.zeros_like(lab)
+    return expect
+
+
+def test_folder_dataset_with_part_masks_is_prepared_with_its_parts(tmp_path):
+    expect = _folder_with_parts(tmp_path / "mine")
+    source = src.scan_folder(tmp_path / "mine")
+    assert source.parts == {"box": ("top", "bottom")} and source.files["f0"][2].name == "f0.png"
+    assert source.files["f4"][2] is None
+    meta, *_ = src.prepare_source(source, tmp_path / "out", progress=False)
+    assert meta.parts == {"box": ("top", "bottom")} and read_meta(tmp_path / "out").has_parts
+    for split in ("train", "val"):
+        ds = PreparedDataset(tmp_path / "out", split)
+        for i, sid in enumerate(ds.ids):
+            assert np.array_equal(ds.parts(i), expect[sid]), sid
+
+
+def test_folder_parts_that_do_not_fit_the_classes_file_are_refused(tmp_path):
+    _folder_with_parts(tmp_path / "a", {"car": ["wheel"]})
+    with pytest.raises(DataError, match=r"classes\.json: `parts` key 'car' is not one of the class `names`"):
+        src.scan_folder(tmp_path / "a")
+    _folder_with_parts(tmp_path / "b", {"box": []})
+    with pytest.raises(DataError, match=r"classes\.json: `parts\.box` must be a list of 1\.\.254 distinct"):
+        src.scan_folder(tmp_path / "b")
+    # a value above the class's number of parts, or a part on a class without parts: the file is named
+    root = tmp_path / "c"
+    _folder_with_parts(root, {"box": ["whole"]})
+    with pytest.raises(DataError, match=r"(?s)parts/f\d\.png: part values larger.*box: value 2 \(its parts: 1\.\.1\)"):
+        src.prepare_source(src.scan_folder(root), tmp_path / "out", progress=False)
+    root = tmp_path / "d"
+    _folder_with_parts(root)
+    part = np.asarray(Image.open(root / "parts" / "f1.png")).copy()
+    lab = np.asarray(Image.open(root / "masks" / "f1.png"))
+    part[lab == 30] = 1
+    _gray(root / "parts" / "f1.png", part)
+    with pytest.raises(DataError, match=r"parts/f1\.png: .*stripe: value 1 \(it has no parts\)"):
+        src.prepare_source(src.scan_folder(root), tmp_path / "out", progress=False)
+    # a part mask without an image; part masks without a `parts` entry
+    _gray(root / "parts" / "ghost.png", np.zeros((4, 4)))
+    with pytest.raises(DataError, match=r"part masks have no image in images/: \['ghost'\]"):
+        src.scan_folder(root)
+    (root / "parts" / "ghost.png").unlink()
+    (root / "classes.json").write_text(json.dumps({"names": ["ground", "box", "stripe"], "values": [10, 20, 30]}))
+    with pytest.raises(DataError, match=r"part masks found but .*classes\.json has no `parts` entry"):
+        src.scan_folder(root)
+
+
+def test_report_says_why_consistency_and_stability_are_empty(tmp_path):
+    from scaleprotoseg import pipeline
+    from scaleprotoseg.io import write_json
+
+    note = src.no_parts_note("folder")
+    assert "folder has no part annotations" in note and "parts/<stem>.png" in note and "classes.json" in note
+    for m in ("deeplab", "scaleprotoseg"):
+        write_json(tmp_path / "evaluate" / m / "metrics.json",
+                   {"miou": 50.0, "pixel_accuracy": 80.0, "iou": {"ground": 60.0, "box": 40.0}})
+    write_json(tmp_path / "interpret" / "scaleprotoseg" / "metrics.json", {"consistency": None, "note": note})
+    results = pipeline.collect_results(["deeplab", "scaleprotoseg"], tmp_path / "evaluate", tmp_path / "train_reports",
+                                       tmp_path / "train", dataset="folder")
+    pipeline.write_report(results, "folder", tmp_path / "report")
+    text = (tmp_path / "report" / "results.md").read_text()
+    table_end = text.rindex("|")
+    assert f"- {note}" in text[table_end:]

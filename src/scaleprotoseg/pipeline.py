@@ -203,6 +203,8 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
     print(f"{dataset}: converted {res.converted} sample(s), kept {res.reused} unchanged since the last preparation.")
     if res.skipped:
         print(f"skipped {len(res.skipped)} unreadable sample(s) (data_sources.{dataset}.skip_corrupt): {res.skipped[:20]}")
+    for note in source.notes:  # what the reader had to assume (e.g. a names file not found)
+        print(f"note: {note}")
     return res.meta
 
 
@@ -709,7 +711,9 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     info.update(res.metrics)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     if not meta.has_parts:
-        info["note"] = f"{meta.name} has no part annotations: consistency and stability are not defined (NaN)."
+        from .data.sources import no_parts_note
+
+        info["note"] = no_parts_note(meta.name)
     write_json(report_dir / "metrics.json", info)
     write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
     write_csv(res.overlap, report_dir / "details" / "overlap.csv")
@@ -808,7 +812,7 @@ def export(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, 
 # 60 report
 
 
-# The paper's validation mIoU (targets.md; mean of 3 runs). The ScaleProtoSeg figures are for the grouped,
+# The paper's validation mIoU (docs/method.md §9; mean of 3 runs). The ScaleProtoSeg figures are for the grouped,
 # thresholded model; DeepLab-v2's are the published ones (Pascal: with CRF; 76.35 without).
 PUBLISHED_MIOU = {
     "cityscapes": {"deeplab": 71.40, "protoseg": 67.54, "scaleprotoseg_groups": 68.97},
@@ -820,7 +824,7 @@ PUBLISHED_MIOU = {
 def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Path, train_dir: Path,
                     project_dir: Path | None = None, dataset: str = "embedded") -> dict:
     """Gather every method's metrics, prototype counts, timings and curves for the final report."""
-    rows, iou, curves = [], {}, {}
+    rows, iou, curves, notes = [], {}, {}, []
     published = PUBLISHED_MIOU.get(dataset, {})
     for m in methods:
         path = Path(evaluate_dir) / m / "metrics.json"
@@ -847,6 +851,8 @@ def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Pa
         for key, col in (("consistency", "consistency %"), ("stability", "stability %"),
                          ("prototype_overlap", "prototype overlap %"), ("group_overlap", "group overlap %")):
             row[col] = interp.get(key)
+        if interp.get("note") and interp["note"] not in notes:  # why consistency/stability are empty
+            notes.append(interp["note"])
         rows.append(row)
         iou[m] = met["iou"]
         curves[m] = read_curves(Path(train_report_dir) / m / "dvclive")
@@ -857,7 +863,7 @@ def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Pa
             if m in methods and (Path(project_dir) / m / "patches.npz").is_file():
                 gallery = (m, Path(project_dir) / m / "patches.npz")
                 break
-    return {"table": table, "iou": pd.DataFrame(iou), "curves": curves, "gallery": gallery}
+    return {"table": table, "iou": pd.DataFrame(iou), "curves": curves, "gallery": gallery, "notes": notes}
 
 
 def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
@@ -865,12 +871,14 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
     table = results["table"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(table, out_dir / "results.csv")
-    note = ("\n\nThe paper's numbers (targets.md) are validation mIoU, mean of 3 runs; its ScaleProtoSeg figure is the "
+    note = ("\n\nThe paper's numbers (docs/method.md §9) are validation mIoU, mean of 3 runs; its ScaleProtoSeg figure is the "
             "grouped model after thresholding at 0.05; its DeepLab-v2 figure is the published one.\n"
             if "paper mIoU %" in table else
             "\n\nThis dataset is not one of the paper's: no published numbers to compare with.\n")
     with atomic_path(out_dir / "results.md") as tmp:
-        tmp.write_text(f"# Results on `{dataset}`\n\n{table.to_markdown(floatfmt='.2f')}{note}")
+        notes = results.get("notes") or []  # why cells are empty (no part annotations, a black-box method)
+        footnotes = "\n\n" + "\n".join(f"- {n}" for n in notes) if notes else ""
+        tmp.write_text(f"# Results on `{dataset}`\n\n{table.to_markdown(floatfmt='.2f')}{footnotes}{note}")
     plots.save_figure(plots.per_class_iou_figure(results["iou"]), out_dir / "per_class_iou.png")
     plots.save_figure(plots.curves_figure(results["curves"]), out_dir / "training_curves.png")
     if results.get("gallery"):

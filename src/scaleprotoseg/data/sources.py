@@ -1,22 +1,29 @@
 """Raw dataset layouts (official-implementation §6) → samples of the prepared format.
 
 Each `scan_<name>(root)` reads a dataset in its original download layout and returns a `Source`: the class
-names, the splits (ids) and, per id, the files to read. `Source.load(id)` returns `(image, label, parts)`
-as uint8 arrays in the prepared format (classes 0..K−1, 255 = void). Nothing here writes under the raw
-folder. Label maps:
+names, the splits (ids), per id the files to read, and `notes` on what the reader had to assume (shown by
+the preparation stage). `Source.load(id)` returns `(image, label, parts)` as uint8 arrays in the prepared
+format (classes 0..K−1, 255 = void). Nothing here writes under the raw folder. Every dataset keeps its own
+class names (`class_names.py`). Label maps:
 
 - pascal: VOC ids 0..20 are the classes (0 = background), 255 = void; palette PNGs are read as palette
   indices, never as RGB.
 - cityscapes: gtFine labelIds → the 19 train ids (7 → road = 0, …), every other id → void.
-- ade20k: 0 ("other") → void, k → k − 1.
-- coco_stuff: stuffthingmaps values 0..181 are the classes, 255 = void.
+- ade20k: 0 ("other") → void, k → k − 1; names from objectInfo150.txt (or .csv), else class_001… and a note.
+- coco_stuff: stuffthingmaps values 0..181 are the classes, 255 = void; value v is named by labels.txt's
+  id v + 1 (labels.txt numbers 1..182, 0 = unlabeled); a malformed labels.txt stops the stage, a missing
+  one gives class_000… and a note.
 - em: ISBI 2012 TIFF stacks; label 0 (membrane) → 0, 255 (cell) → 1; a seeded 20/10 split of the 30 slices.
-- cityscapes parts: gtFinePanopticParts uids decoded into per-class part ids (`decode_uids`).
-- pascal parts: Pascal-Panoptic-Parts uid TIFFs (`labels/<split>/<id>.tif`) decoded, then each raw part id
+- cityscapes parts: gtFinePanopticParts uids decoded into per-class part ids (`panoptic_parts.py`).
+- pascal parts: Pascal-Panoptic-Parts uid TIFFs (`labels/<split>/<id>.tif`) decoded, then each file part id
   mapped to its class's part index with `parts.yaml` (the package's `ppp_datasetspec.yaml`):
   `scene_class2part_classes` orders the parts (index = position + 1) and `countable_pids_groupings` folds
   the countable fine parts (e.g. a car's wheels 20..29) into one.
-- folder: masks hold class indices (or the values listed in the classes file), `void` as declared.
+  For both, uids that fit no format of the specification, and part ids the class does not declare, stop
+  the stage with the file's name (`panoptic_parts.py` has the rules and their sources).
+- folder: masks hold class indices (or the values listed in the classes file), `void` as declared;
+  optional part masks `parts/<stem>.png` (part index within the pixel's class, 1..n_c, 0 = no part) with
+  the classes file's `parts: {class: [part names]}`.
 """
 
 from __future__ import annotations
@@ -30,91 +37,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from .class_names import (  # noqa: F401 (re-exported: the tables live beside the names files' readers)
+    CITYSCAPES_CLASSES, CITYSCAPES_LABELID_TO_TRAINID, CITYSCAPES_PARTS, PASCAL_CLASSES, ade_names, coco_stuff_names,
+)
+from .panoptic_parts import (  # noqa: F401 (re-exported)
+    decode_uids, pascal_panoptic_parts, pascal_part_table, read_panoptic_parts, read_pascal_parts, read_uids,
+)
 from .prepared import VOID, DatasetMeta
 
-PASCAL_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)
-# labelId → train id (the 19 evaluation classes); every id not listed is void.
-CITYSCAPES_LABELID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                                 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-# Cityscapes-Panoptic-Parts part ids (per class, 1-based) for the classes that have parts.
-_HUMAN = ("torso", "head", "arms", "legs")
-_VEHICLE = ("windows", "wheels", "lights", "license plate", "chassis")
-CITYSCAPES_PARTS = {"person": _HUMAN, "rider": _HUMAN, "car": _VEHICLE, "truck": _VEHICLE, "bus": _VEHICLE}
-
-
-def decode_uids(uids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Panoptic-parts uids → (semantic ids, instance ids, part ids), −1 where absent.
-
-    The documented format (panoptic-parts.readthedocs.io, "label format"): a uid of up to 2 digits is a
-    semantic id; 3–5 digits: sid·1000 + iid; 6–7 digits: sid·100000 + iid·100 + pid. (The `panoptic_parts`
-    package implements the same, but fails to import on Python ≥ 3.10: it parses the version as a float.)
-    """
-    u = np.asarray(uids, dtype=np.int64)
-    sid = np.where(u <= 99, u, np.where(u <= 99_999, u // 1000, u // 100_000))
-    iid = np.where(u <= 99, -1, np.where(u <= 99_999, u % 1000, (u // 100) % 1000))
-    pid = np.where(u <= 99_999, -1, u % 100)
-    return sid, iid, pid
-
-
-def read_uids(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A panoptic-parts uid TIFF/PNG → `decode_uids` of its values."""
-    try:
-        with Image.open(path) as img:
-            return decode_uids(np.asarray(img))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path} is not a readable panoptic-parts file ({exc}).") from exc
-
-
-def read_panoptic_parts(path: Path) -> np.ndarray:
-    """A Cityscapes-Panoptic-Parts uid file → uint8 part ids, local to each class already (0 = no part)."""
-    _, _, pid = read_uids(path)
-    return np.maximum(pid, 0).astype(np.uint8)  # pids are 2 digits: 0..99
-
-
-def pascal_part_table(spec: dict, where: Path) -> tuple[dict[str, tuple[str, ...]], np.ndarray]:
-    """`parts.yaml` (Pascal-Panoptic-Parts' dataset spec) → (VOC class → part names, a (21, 100) uint8 table
-    (semantic id, raw part id) → part index within the class, 0 for unmapped ids).
-
-    The spec lists the scene classes in order (semantic id = position + 1); the first 20 are VOC's, in VOC's
-    order (its `table` is VOC's `diningtable`)."""
-    classes = spec.get("scene_class2part_classes") if isinstance(spec, dict) else None
-    groups = (spec.get("countable_pids_groupings") or {}) if isinstance(spec, dict) else {}
-    if not isinstance(classes, dict) or not isinstance(groups, dict):
-        raise DataError(f"{where}: expected the mappings `scene_class2part_classes` (and optional "
-                        "`countable_pids_groupings`) of panoptic_parts' ppp_datasetspec.yaml.")
-    names = [n for n in classes if str(n).upper() != "UNLABELED"]
-    voc = ["diningtable" if n == "table" else n for n in names[:20]]
-    if voc != list(PASCAL_CLASSES[1:]):
-        raise DataError(f"{where}: the first 20 scene classes must be VOC's in VOC order "
-                        f"({', '.join(PASCAL_CLASSES[1:4])}, …); got {voc[:4]}…")
-    table = np.zeros((21, 100), np.uint8)
-    parts = {}
-    for sid, (name, voc_name) in enumerate(zip(names[:20], voc), start=1):
-        plist = list(classes[name] or [])
-        if plist:
-            parts[voc_name] = tuple(str(p) for p in plist)
-        for pos, part in enumerate(plist, start=1):
-            raw = (groups.get(name) or {}).get(part, [pos])
-            for r in raw:
-                if not 0 < int(r) < 100:
-                    raise DataError(f"{where}: {name}/{part}: raw part id {r} is outside 1..99.")
-                table[sid, int(r)] = pos
-    return parts, table
-
-
-def read_pascal_parts(path: Path, table: np.ndarray) -> np.ndarray:
-    """A Pascal-Panoptic-Parts uid TIFF → uint8 part index within the pixel's VOC class (0 = no part)."""
-    sid, _, pid = read_uids(path)
-    ok = (sid >= 1) & (sid <= 20) & (pid > 0)
-    return np.where(ok, table[np.clip(sid, 0, 20), np.clip(pid, 0, 99)], 0).astype(np.uint8)
 
 
 def lookup_table(mapping: dict[int, int], default: int = VOID) -> np.ndarray:
@@ -186,6 +117,8 @@ class Source:
     part_reader: Callable[[Path], np.ndarray] | None = None  # part file → local part ids (uint8)
     loader: Callable[[str], tuple] | None = None  # a custom reader (EM's multi-page TIFFs)
     extra: tuple[Path, ...] = ()  # files every sample's conversion depends on (classes file, parts spec)
+    part_check: Callable[[np.ndarray, np.ndarray, Path], np.ndarray] | None = None  # (label, parts, file) → parts
+    notes: tuple[str, ...] = ()  # what the reader had to assume (e.g. names files not found), for the user
 
     def load(self, sid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if self.loader is not None:
@@ -202,6 +135,8 @@ class Source:
             parts = self.part_reader(part_path) if self.part_reader is not None else read_index_png(part_path)
             if parts.shape != label.shape:
                 raise DataError(f"{part_path}: parts {parts.shape} and label {lab_path.name} {label.shape} differ in size.")
+            if self.part_check is not None:
+                parts = self.part_check(label, parts, part_path)
         if self.parts and parts is None:
             parts = np.zeros_like(label)  # an image without part annotations: no visible part
         return image, label, parts
@@ -242,7 +177,7 @@ def scan_pascal(root: Path) -> Source:
         splits["project"] = splits.pop("train") if "train" in splits else list(splits["train_aug"])
         splits["train"] = splits.pop("train_aug")
     ids = sorted({i for v in splits.values() for i in v})
-    part_files, parts, reader, spec_path = _pascal_panoptic_parts(root)
+    part_files, parts, reader, spec_path = pascal_panoptic_parts(root)
     files = {i: (root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png", part_files.get(i)) for i in ids}
     test_list = root / "ImageSets" / "Segmentation" / "test.txt"
     if test_list.is_file():  # the VOC2012 test images (unlabelled): for the evaluation server's export
@@ -251,25 +186,6 @@ def scan_pascal(root: Path) -> Source:
     return Source("pascal", PASCAL_CLASSES, splits, files, lambda a: PASCAL_TABLE[a],
                   projection_split="project" if "project" in splits else "train", parts=parts, part_reader=reader,
                   extra=(spec_path,) if spec_path else ())
-
-
-def _pascal_panoptic_parts(root: Path):
-    """Optional Pascal-Panoptic-Parts beside VOC: `labels/<any split folder>/<id>.tif` and `parts.yaml`."""
-    tifs = {p.stem: p for p in sorted((root / "labels").glob("*/*.tif"))} if (root / "labels").is_dir() else {}
-    if not tifs:
-        return {}, {}, None, None
-    spec_path = root / "parts.yaml"
-    if not spec_path.is_file():
-        raise DataError(f"{root}: Pascal-Panoptic-Parts labels/ found but {spec_path.name} is missing: copy "
-                        "panoptic_parts/specs/dataset_specs/ppp_datasetspec.yaml there as parts.yaml (README).")
-    import yaml
-
-    try:
-        spec = yaml.safe_load(spec_path.read_text())
-    except yaml.YAMLError as exc:
-        raise DataError(f"{spec_path} is not valid YAML ({exc}).") from exc
-    parts, table = pascal_part_table(spec, spec_path)
-    return tifs, parts, lambda p: read_pascal_parts(p, table), spec_path
 
 
 def scan_cityscapes(root: Path) -> Source:
@@ -313,22 +229,12 @@ def scan_ade20k(root: Path) -> Source:
         for p in sorted((base / "images" / folder).glob("*.jpg")):
             splits[split].append(p.stem)
             files[p.stem] = (p, base / "annotations" / folder / f"{p.stem}.png", None)
-    classes = _ade_names(base)
-    return Source("ade20k", classes, splits, files, lambda a: ADE_TABLE[a])
-
-
-def _ade_names(base: Path) -> tuple[str, ...]:
-    info = base / "objectInfo150.csv"
-    if info.is_file():
-        rows = info.read_text().splitlines()[1:]
-        names = [r.split(",")[-1].split(";")[0].strip().strip('"') for r in rows if r.strip()]
-        if len(names) == 150:
-            return tuple(names)
-    return tuple(f"class_{k:03d}" for k in range(1, 151))
+    classes, notes = ade_names(base, root)
+    return Source("ade20k", classes, splits, files, lambda a: ADE_TABLE[a], notes=notes)
 
 
 def scan_coco_stuff(root: Path) -> Source:
-    """COCO 2017 images + stuffthingmaps: values 0..181 are the classes, 255 = void."""
+    """COCO 2017 images + stuffthingmaps: values 0..181 are the classes, 255 = void; names from labels.txt."""
     root = Path(root)
     img_dirs = {"train": ["images/train2017", "train2017", "images/train"], "val": ["images/val2017", "val2017", "images/val"]}
     lab_dirs = {"train": ["stuffthingmaps_trainval2017/train2017", "stuffthingmaps/train2017", "annotations/train2017", "annotations_png/train"],
@@ -344,12 +250,8 @@ def scan_coco_stuff(root: Path) -> Source:
         for p in sorted(idir.glob("*.jpg")):
             splits[split].append(p.stem)
             files[p.stem] = (p, ldir / f"{p.stem}.png", None)
-    names = root / "labels.txt"
-    classes = tuple(f"class_{k:03d}" for k in range(182))
-    if names.is_file():  # COCO-Stuff's labels.txt: "<id>: <name>" lines, ids 0..181 (plus 'unlabeled')
-        table = dict(line.split(":", 1) for line in names.read_text().splitlines() if ":" in line)
-        classes = tuple(table.get(str(k), f"class_{k:03d}").strip() for k in range(182))
-    return Source("coco_stuff", classes, splits, files, lambda a: a.copy())
+    classes, notes = coco_stuff_names(root)  # PNG value v is labels.txt's id v + 1 (0 = unlabeled there)
+    return Source("coco_stuff", classes, splits, files, lambda a: a.copy(), notes=notes)
 
 
 def scan_em(root: Path, seed: int = 42, n_val: int = 10) -> Source:
@@ -394,7 +296,8 @@ def scan_em(root: Path, seed: int = 42, n_val: int = 10) -> Source:
 
 def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
     """Bring your own: images/ and masks/ with matching stems, classes.json (or .yaml) and optional
-    splits/{train,val}.txt; without split lists, a seeded split."""
+    splits/{train,val}.txt (without split lists, a seeded split); optional part masks parts/<stem>.png with
+    the classes file's `parts` (`_folder_parts`)."""
     root = Path(root)
     for need in ("images", "masks"):
         if not (root / need).is_dir():
@@ -425,8 +328,61 @@ def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
         out[a == void] = VOID
         return out
 
-    files = {i: (images[i], masks[i], None) for i in ids}
-    return Source("folder", tuple(names), splits, files, label_map, extra=(spec_path,))
+    parts, part_files, check = _folder_parts(root, spec, spec_path, images)
+    files = {i: (images[i], masks[i], part_files.get(i)) for i in ids}
+    return Source("folder", tuple(names), splits, files, label_map, parts=parts, part_check=check, extra=(spec_path,))
+
+
+def _folder_parts(root: Path, spec: dict, spec_path: Path, images: dict[str, Path]):
+    """Optional part masks `parts/<stem>.png` (part index within the pixel's class, 1..n_c; 0 = no part) and
+    the classes file's `parts` ({class: [part names]}) → (parts, stem → mask, check of a mask against its
+    label). Images without a mask get no visible part; part values on void pixels are ignored."""
+    names = [str(n) for n in spec["names"]]
+    declared = _declared_parts(spec.get("parts"), names, spec_path)
+    folder = root / "parts"
+    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES} if folder.is_dir() else {}
+    if not declared:
+        if files:
+            raise DataError(f"{folder}: part masks found but {spec_path} has no `parts` entry naming each class's "
+                            'parts, e.g. "parts": {"car": ["wheel", "window"]} (README, folder dataset).')
+        return {}, {}, None
+    if not files:
+        raise DataError(f"{spec_path}: `parts` is declared but {folder} holds no part masks (parts/<stem>.png).")
+    orphans = sorted(set(files) - set(images))
+    if orphans:
+        raise DataError(f"{folder}: these part masks have no image in images/: {orphans[:10]}.")
+    n_parts = np.zeros(256, np.int64)
+    n_parts[: len(names)] = [len(declared.get(n, ())) for n in names]
+
+    def check(label: np.ndarray, parts: np.ndarray, path: Path) -> np.ndarray:
+        void = label == VOID
+        bad = (parts > n_parts[label]) & ~void
+        if bad.any():
+            found = sorted({(int(c), int(v)) for c, v in zip(label[bad], parts[bad])})
+            shown = "; ".join(f"{names[c]}: value {v} (its parts: 1..{n_parts[c]})" if n_parts[c] else
+                              f"{names[c]}: value {v} (it has no parts)" for c, v in found[:5])
+            raise DataError(f"{path}: part values larger than the number of parts {spec_path.name} declares for "
+                            f"the pixel's class: {shown}.")
+        return np.where(void, 0, parts).astype(np.uint8)
+
+    return declared, files, check
+
+
+def _declared_parts(raw, names: list[str], spec_path: Path) -> dict[str, tuple[str, ...]]:
+    """The classes file's `parts` → {class: part names}, checked: known classes, non-empty lists of names."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DataError(f"{spec_path}: `parts` must map class names to lists of part names, got {type(raw).__name__}.")
+    out = {}
+    for cls, plist in raw.items():
+        if str(cls) not in names:
+            raise DataError(f"{spec_path}: `parts` key {cls!r} is not one of the class `names` {names[:10]}.")
+        if (not isinstance(plist, list) or not plist or len(plist) > 254 or len(set(map(str, plist))) != len(plist)
+                or not all(isinstance(p, str) and p for p in plist)):
+            raise DataError(f"{spec_path}: `parts.{cls}` must be a list of 1..254 distinct part names, got {plist!r}.")
+        out[str(cls)] = tuple(plist)
+    return out
 
 
 def _classes_file(root: Path) -> tuple[dict, Path]:
@@ -444,6 +400,21 @@ def _classes_file(root: Path) -> tuple[dict, Path]:
                 raise DataError(f"{path}: expected a mapping with a non-empty list `names` (and optional `values`, `void`).")
             return spec, path
     raise DataError(f"{root}: classes.json (or classes.yaml) is missing: list the class `names` (optional `values`, `void`).")
+
+
+# How to give each dataset part annotations (consistency and stability need them).
+PARTS_HOWTO = {
+    "folder": "add parts/<stem>.png and a `parts` entry in classes.json (README, 'Raw datasets', folder)",
+    "pascal": "add Pascal-Panoptic-Parts' labels/<split>/<id>.tif and parts.yaml (README, 'Raw datasets')",
+    "cityscapes": "add gtFinePanopticParts/{train,val}/<city>/*.tif (README, 'Raw datasets')",
+}
+
+
+def no_parts_note(dataset: str) -> str:
+    """Why consistency and stability are empty for `dataset`, and how to give it parts where it can have them."""
+    how = PARTS_HOWTO.get(dataset)
+    return (f"consistency and stability: – because {dataset} has no part annotations (both are undefined, NaN)"
+            + (f"; {how}." if how else "."))
 
 
 SCANNERS = {"pascal": scan_pascal, "cityscapes": scan_cityscapes, "ade20k": scan_ade20k, "coco_stuff": scan_coco_stuff,
@@ -475,7 +446,8 @@ def _converter_key(source: Source) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for mod in (Path(__file__), Path(__file__).with_name("prepared.py")):
+    here = Path(__file__)
+    for mod in (here, *(here.with_name(m) for m in ("prepared.py", "class_names.py", "panoptic_parts.py"))):
         h.update(mod.read_bytes())
     h.update(json.dumps([source.name, list(source.classes), _stat(source.extra)]).encode())
     return h.hexdigest()[:16]

@@ -1,0 +1,113 @@
+"""Class names of the raw datasets: fixed tables (VOC, Cityscapes) and the names files the releases ship.
+
+- COCO-Stuff's `labels.txt` (github.com/nightrome/cocostuff) numbers the classes 1..182 with `0: unlabeled`,
+  while the stuffthingmaps PNGs hold 0..181 (255 = void): PNG value v is `labels.txt` id v + 1. A file that
+  does not follow that format stops preparation (DataError naming the line); a missing file gives the
+  names `class_000`…`class_181` and a note.
+- ADE20K's scene-parsing release names its 150 classes in `objectInfo150.txt` (columns `Idx Ratio Train Val
+  Name`, a header line first; Name lists synonyms separated by commas, e.g. `building, edifice`); some
+  mirrors ship `objectInfo150.csv` (`Idx,Ratio,Train,Val,Name`, synonyms separated by `;`, the Name field
+  possibly quoted). Idx k (1..150) → class k − 1, named by its first synonym. A missing or malformed file
+  gives the names `class_001`…`class_150` and a note saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from ..errors import DataError
+
+PASCAL_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+# labelId → train id (the 19 evaluation classes); every id not listed is void.
+CITYSCAPES_LABELID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                                 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+# Cityscapes-Panoptic-Parts part ids (per class, 1-based) for the classes that have parts.
+_HUMAN = ("torso", "head", "arms", "legs")
+_VEHICLE = ("windows", "wheels", "lights", "license plate", "chassis")
+CITYSCAPES_PARTS = {"person": _HUMAN, "rider": _HUMAN, "car": _VEHICLE, "truck": _VEHICLE, "bus": _VEHICLE}
+
+COCO_STUFF_CLASSES = 182
+ADE_CLASSES = 150
+_COCO_LINE = re.compile(r"^\s*(\d+)\s*:\s*(\S.*?)\s*$")
+
+
+def coco_stuff_names(root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the 182 class names for PNG values 0..181, notes) from `<root>/labels.txt`."""
+    path = Path(root) / "labels.txt"
+    if not path.is_file():
+        note = (f"COCO-Stuff class names not found: labels.txt is missing from {root}; classes are named "
+                "class_000…class_181 (put github.com/nightrome/cocostuff's labels.txt there for the names).")
+        return tuple(f"class_{k:03d}" for k in range(COCO_STUFF_CLASSES)), (note,)
+    expected = ("expected COCO-Stuff's labels.txt: one '<id>: <name>' line per class, '0: unlabeled' then "
+                "'1: person' … '182: wood' (PNG value v is id v + 1)")
+    table: dict[int, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        m = _COCO_LINE.match(line)
+        if m is None or int(m.group(1)) > COCO_STUFF_CLASSES or int(m.group(1)) in table:
+            raise DataError(f"{path}, line {number}: {line.strip()!r} is not a new '<id>: <name>' with id "
+                            f"0..{COCO_STUFF_CLASSES}; {expected}.")
+        table[int(m.group(1))] = m.group(2)
+    missing = [k for k in range(1, COCO_STUFF_CLASSES + 1) if k not in table]
+    if missing:
+        raise DataError(f"{path}: ids {missing[:10]}{' …' if len(missing) > 10 else ''} are missing; {expected}.")
+    names = tuple(table[k] for k in range(1, COCO_STUFF_CLASSES + 1))
+    _check_unique(names, path)
+    return names, ()
+
+
+def ade_names(base: Path, root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the 150 class names, notes) from objectInfo150.txt/.csv in `base` (ADEChallengeData2016) or `root`."""
+    fallback = tuple(f"class_{k:03d}" for k in range(1, ADE_CLASSES + 1))
+    folders = list(dict.fromkeys([Path(base), Path(root)]))
+    candidates = [d / f"objectInfo150{ext}" for d in folders for ext in (".txt", ".csv")]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        where = " or ".join(str(d) for d in folders)
+        return fallback, (f"ADE20K class names not found: objectInfo150.txt (or .csv) is missing from {where}; "
+                          "classes are named class_001…class_150.",)
+    path = found[0]
+    try:
+        return _read_object_info(path), ()
+    except DataError as exc:
+        return fallback, (f"ADE20K class names not read: {exc} Classes are named class_001…class_150.",)
+
+
+def _read_object_info(path: Path) -> tuple[str, ...]:
+    """objectInfo150.txt (whitespace-separated) or .csv (the csv module: quoted names may hold commas)."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".csv":
+        rows = [(r[0], ",".join(r[4:])) for r in csv.reader(text.splitlines()) if len(r) >= 5]
+    else:
+        rows = [(f[0], f[4]) for f in (line.split(None, 4) for line in text.splitlines()) if len(f) == 5]
+    if rows and not rows[0][0].strip().isdigit():
+        rows = rows[1:]  # the header line (Idx, Ratio, Train, Val, Name)
+    names: dict[int, str] = {}
+    for idx, name in rows:
+        first = re.split(r"[;,]", name)[0].strip()
+        if not idx.strip().isdigit() or not first or int(idx) in names:
+            raise DataError(f"{path}: row {idx!r}, {name!r} is not a new 'Idx … Name' entry.")
+        names[int(idx)] = first
+    if sorted(names) != list(range(1, ADE_CLASSES + 1)):
+        raise DataError(f"{path}: expected the Idx values 1..{ADE_CLASSES} once each (columns Idx, Ratio, Train, "
+                        f"Val, Name after a header line), found {len(names)} entries.")
+    out = tuple(names[k] for k in range(1, ADE_CLASSES + 1))
+    _check_unique(out, path)
+    return out
+
+
+def _check_unique(names: tuple[str, ...], path: Path) -> None:
+    seen = set()
+    dup = [n for n in names if n in seen or seen.add(n)]
+    if dup:
+        raise DataError(f"{path}: class names must be unique (per-class results are keyed by name); repeated: {dup[:5]}.")
