@@ -25,7 +25,7 @@ from scaleprotoseg.models.prototypes import (
     log_similarity,
     project_simplex,
 )
-from scaleprotoseg.models.segmenter import build_model
+from scaleprotoseg.models.build import build_model
 
 VOID = 255
 EPS = 1e-4
@@ -753,7 +753,7 @@ def naive_released_resize(x: np.ndarray, p: float) -> np.ndarray:
 def test_msc_input_resize_is_the_released_grid(size, p):
     """Every model's MSC branch sees the input on the released grid (step 1/p), which is not the grid of an
     explicit output size (step n/⌊n·p⌋)."""
-    from scaleprotoseg.models.segmenter import multi_scale
+    from scaleprotoseg.models.base import multi_scale
 
     torch.manual_seed(0)
     x = torch.rand(1, 2, *size, dtype=torch.float64)

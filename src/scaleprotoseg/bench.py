@@ -25,7 +25,7 @@ import torch
 from .config import GroupTrainConfig, ModelConfig, PrototypeTrainConfig
 from .evaluation import evaluate
 from .losses import msc_mean, pixel_cross_entropy
-from .models.segmenter import build_model
+from .models.build import build_model
 from .training.loop import make_optimizer
 from .training.phases import group_loss, phase_spec, stage1_loss
 

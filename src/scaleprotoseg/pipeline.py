@@ -28,7 +28,7 @@ from .evaluation import evaluate
 from .io import atomic_path, read_json, write_csv, write_json
 from .losses import msc_mean, pixel_cross_entropy
 from .metrics.segmentation import iou_from_confusion, summarise
-from .models.segmenter import build_model
+from .models.build import build_model
 from .paths import repo_root
 from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.loop import clear_resume, make_optimizer, resolve_device, run_phase
@@ -391,7 +391,7 @@ def run_phases(model, cfg: RunConfig, phases, loss_for, data_root: Path, out_dir
             done.append({"phase": phase, "steps": spec.steps, "seconds": finished.get("seconds", 0.0), "resumed": "finished"})
             offset += spec.steps
             continue
-        model.freeze_bn = cfg_freeze_bn(cfg) or trunk_frozen(phase)
+        model.bn_eval = cfg_freeze_bn(cfg) or trunk_frozen(phase)
         optimizer = make_optimizer("adam", spec.groups)
         history: list = []
 
@@ -420,7 +420,7 @@ def run_phases(model, cfg: RunConfig, phases, loss_for, data_root: Path, out_dir
         done.append({"phase": phase, "steps": spec.steps, "seconds": round(result.seconds, 2), "resumed": result.resumed_from,
                      "last_loss": result.last_loss})
         offset += spec.steps
-    model.freeze_bn = cfg_freeze_bn(cfg)
+    model.bn_eval = cfg_freeze_bn(cfg)
     return done
 
 

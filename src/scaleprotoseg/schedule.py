@@ -85,7 +85,7 @@ def _set_phase(model, cfg, phase):
 
     if phase != "train":  # DeepLab's "train": every parameter that is not a frozen BatchNorm affine
         phase_spec(model, phase, cfg.train)
-        model.freeze_bn = cfg.model.freeze_bn or trunk_frozen(phase)
+        model.bn_eval = cfg.model.freeze_bn or trunk_frozen(phase)
     model.train()
 
 

@@ -1,13 +1,21 @@
-"""Networks: backbones, ASPP heads and the segmenters built from them."""
+"""Networks: backbones, ASPP heads and the segmenters built from them.
+
+`base` (MSC, BatchNorm held in eval mode, the segmenter base class) ← `deeplab`, `prototypes` ← `build`.
+"""
 
 from .aspp import ASPP
 from .backbone import DeepLabResNet101, SmallDilatedResNet, build_backbone, feature_size, freeze_batchnorm
-from .segmenter import DeepLabV2, build_model, multi_scale
+from .base import SegmentationModel, multi_scale
+from .build import build_model
+from .deeplab import DeepLabV2
+from .prototypes import PrototypeSegmenter
 
 __all__ = [
     "ASPP",
     "DeepLabResNet101",
     "DeepLabV2",
+    "PrototypeSegmenter",
+    "SegmentationModel",
     "SmallDilatedResNet",
     "build_backbone",
     "build_model",

@@ -100,10 +100,6 @@ class Stage(nn.Sequential):
 class _Trunk(nn.Module):
     out_channels: int
 
-    def freeze_bn(self) -> None:
-        """Every BN in eval mode with its affine parameters out of training (method.md §2.1)."""
-        freeze_batchnorm(self)
-
     def forward(self, x):
         for name in ("layer1", "layer2", "layer3", "layer4", "layer5"):
             x = getattr(self, name)(x)

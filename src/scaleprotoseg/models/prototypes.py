@@ -24,7 +24,7 @@ from torch import nn
 
 from ..losses import class_slots, group_entropy, kld_pair_mask
 from .aspp import ASPP
-from .segmenter import FrozenBatchNormMixin, multi_scale
+from .base import SegmentationModel
 
 EPSILON = 1e-4
 INCORRECT_STRENGTH = -0.5
@@ -178,20 +178,18 @@ class GroupHead(nn.Module):
         return out.index_put((self.index[self.valid],), used[self.valid], accumulate=False)
 
 
-class PrototypeSegmenter(FrozenBatchNormMixin, nn.Module):
+class PrototypeSegmenter(SegmentationModel):
     """ProtoSeg (`scales=False`: ASPP summed) or ScaleProtoSeg (`scales=True`: ASPP concatenated per scale)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, rates, per_class: int, features: int,
                  multiscale: bool, msc_scales=(), freeze_bn: bool = False):
-        super().__init__()
+        super().__init__(backbone, num_classes, msc_scales, bn_eval=freeze_bn)
         S = len(rates) if multiscale else 1
-        self.backbone = backbone
         self.aspp = ASPP(backbone.out_channels, features, rates, mode="concat" if multiscale else "sum")
         self.prototypes = PrototypeLayer(num_classes, per_class, S, features)
         self.last_layer = nn.Parameter(class_connection(self.prototypes.proto_class, num_classes))  # (K, P)
         self.group_head: GroupHead | None = None
-        self.num_classes, self.multiscale = num_classes, multiscale
-        self.msc_scales, self.freeze_bn = tuple(msc_scales), freeze_bn
+        self.multiscale = multiscale
         self.bn_frozen = freeze_bn  # the paper: BatchNorm frozen to ImageNet statistics, never optimised
 
     # -- structure -----------------------------------------------------------------------------------------
@@ -222,13 +220,13 @@ class PrototypeSegmenter(FrozenBatchNormMixin, nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- forward -------------------------------------------------------------------------------------------
-    def aspp_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.aspp(self.backbone(x))  # pre-sigmoid: MSC's max commutes with the sigmoid
 
     def features(self, x: torch.Tensor, training: bool | None = None):
         """Sigmoid features (B, S·D, h, w): a list of MSC outputs in training, one tensor in evaluation."""
         training = self.training if training is None else training
-        out = multi_scale(self.aspp_features, x, self.msc_scales, training)
+        out = self.msc(x, training)
         return [torch.sigmoid(o) for o in out] if isinstance(out, list) else torch.sigmoid(out)
 
     def head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
