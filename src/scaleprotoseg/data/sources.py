@@ -1,4 +1,4 @@
-"""Raw dataset layouts (official-implementation §6) → samples of the prepared format.
+"""Raw dataset layouts (docs/method.md §6) → samples of the prepared format.
 
 Each `scan_<name>(root)` reads a dataset in its original download layout and returns a `Source`: the class
 names, the splits (ids), per id the files to read, and `notes` on what the reader had to assume (shown by
