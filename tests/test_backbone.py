@@ -6,7 +6,14 @@ import torchvision
 from torch import nn
 
 from scaleprotoseg.errors import ConfigError
-from scaleprotoseg.models import ASPP, DeepLabResNet101, SmallDilatedResNet, build_backbone, feature_size, freeze_batchnorm
+from scaleprotoseg.models import (
+    ASPP,
+    DeepLabResNet101,
+    SmallDilatedResNet,
+    build_backbone,
+    feature_size,
+    freeze_batchnorm,
+)
 from scaleprotoseg.models import backbone as bb
 
 

@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import yaml
 
-from scaleprotoseg import pipeline
 from scaleprotoseg.config import load_config, set_key
-from scaleprotoseg.data.prepared import PreparedDataset
+from scaleprotoseg.data.prepared import PreparedDataset, read_meta
 from scaleprotoseg.paths import repo_root
+from scaleprotoseg.stages.evaluate import evaluate_stage
+from scaleprotoseg.stages.interpret import interpret
+from scaleprotoseg.stages.prepare import prepare_dataset
+from scaleprotoseg.stages.project import project
+from scaleprotoseg.stages.train import train
 
 from .layouts import WRITERS, tiny_overrides
 
@@ -41,7 +45,7 @@ def test_each_layout_runs_through_the_stages(tmp_path, params, dataset):
     raw = WRITERS[dataset](tmp_path / "data" / dataset)
     params = _params(params, dataset, raw)
     prepared = tmp_path / "artifacts" / "prepared" / dataset
-    meta = pipeline.prepare_dataset(params, dataset, prepared)
+    meta = prepare_dataset(params, dataset, prepared)
     n_classes, sizes, has_parts = EXPECTED[dataset]
     assert meta.num_classes == n_classes and meta.has_parts == has_parts
     if sizes is not None:
@@ -49,16 +53,16 @@ def test_each_layout_runs_through_the_stages(tmp_path, params, dataset):
     cfg = load_config(params, method="scaleprotoseg")
     assert cfg.dataset == dataset and cfg.model.pretrained is False
     t, p = tmp_path / "t", tmp_path / "p"
-    pipeline.train(cfg, prepared, t, tmp_path / "r", progress=False)
-    proj = pipeline.project(cfg, prepared, t, p, progress=False)
+    train(cfg, prepared, t, tmp_path / "r", progress=False)
+    proj = project(cfg, prepared, t, p, progress=False)
     assert 1 <= proj["prototypes"] <= proj["prototypes_before"]
-    out = pipeline.evaluate_stage(cfg, prepared, t, p, tmp_path / "e", progress=False)
+    out = evaluate_stage(cfg, prepared, t, p, tmp_path / "e", progress=False)
     assert set(out["metrics"]["iou"]) == set(meta.classes)
     assert 0.0 <= out["metrics"]["miou"] <= 100.0
     if has_parts:
         val = PreparedDataset(prepared, "val")
         assert any(val.parts(i).any() for i in range(len(val)))
-        info = pipeline.interpret(cfg, prepared, p, tmp_path / "i", progress=False)
+        info = interpret(cfg, prepared, p, tmp_path / "i", progress=False)
         assert info["consistency_evaluated"] > 0 and not math.isnan(info["stability"])
 
 
@@ -94,7 +98,7 @@ def test_notebooks_run_the_pascal_layout_like_dvc_does(tmp_path, params):
         res = subprocess.run(args, capture_output=True, text=True, cwd=repo_root(), timeout=600)
         assert res.returncode == 0, f"{nb}: {res.stderr[-3000:]}"
     metrics = yaml.safe_load((rep / "evaluate" / m / "metrics.json").read_text())
-    assert set(metrics["iou"]) == set(pipeline.read_meta(art / "prepared/pascal").classes)
+    assert set(metrics["iou"]) == set(read_meta(art / "prepared/pascal").classes)
     interp = yaml.safe_load((rep / "interpret" / m / "metrics.json").read_text())
     assert interp["consistency_evaluated"] > 0
     assert np.isfinite(interp["stability"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scaleprotoseg import pipeline
 from scaleprotoseg.config import METHODS, load_config
 from scaleprotoseg.errors import ConfigError
+from scaleprotoseg.models.build import build_for
 from scaleprotoseg.training.loop import make_optimizer
 from scaleprotoseg.training.phases import TRAINS, group_loss, phase_spec, stage1_loss
 
@@ -24,7 +24,7 @@ def small_model(params, method):
         overrides[f"presets.embedded.{m}.features"] = 4
     cfg = load_config(params, method=method, overrides=overrides)
     torch.manual_seed(0)
-    return pipeline.build_for(cfg, 3, offline=True), cfg
+    return build_for(cfg, 3, offline=True), cfg
 
 
 def grad_owners(model):
@@ -61,7 +61,7 @@ def test_each_phase_trains_exactly_its_parameters(params, method, phase):
 def test_joint_phase_learning_rates_and_weight_decay_follow_the_paper(params):
     cfg = load_config(params, dataset="pascal", method="scaleprotoseg")
     with torch.device("meta"):
-        model = pipeline.build_for(cfg, 21, offline=True)
+        model = build_for(cfg, 21, offline=True)
     spec = phase_spec(model, "joint", cfg.train)
     by_param = {id(p): (g["lr"], g["weight_decay"]) for g in spec.groups for p in g["params"]}
     assert by_param[id(model.prototypes.vectors)] == (2.5e-4, 0.0)
@@ -102,7 +102,7 @@ def test_paper_presets_build_model_and_optimiser(params, dataset, method):
     # shapes only (meta device: no memory, no weights, no download); the group head reads the class table,
     # which needs real tensors
     with torch.device("cpu" if method == "scaleprotoseg_groups" else "meta"):
-        model = pipeline.build_for(cfg, K, offline=True)
+        model = build_for(cfg, K, offline=True)
     if method == "deeplab":
         groups = model.param_groups()
         make_optimizer(cfg.train.optimizer, [{"params": groups["trunk"], "lr": cfg.train.lr},
@@ -154,7 +154,7 @@ def test_em_joint_trains_the_whole_unet_and_aspp_at_the_features_lr(params, meth
     filter that could miss the U-Net."""
     cfg = load_config(params, dataset="em", method=method)
     with torch.device("meta"):
-        model = pipeline.build_for(cfg, 2, offline=True)
+        model = build_for(cfg, 2, offline=True)
     spec = phase_spec(model, "joint", cfg.train)
     by_param = {id(p): (g["lr"], g["weight_decay"]) for g in spec.groups for p in g["params"]}
     features = list(model.backbone.parameters()) + list(model.aspp.parameters())

@@ -17,6 +17,7 @@ from torch import nn
 from scaleprotoseg.config import ModelConfig
 from scaleprotoseg.data.transforms import downsample_labels
 from scaleprotoseg.losses import group_entropy, kld_loss, kld_pair_mask
+from scaleprotoseg.models.build import build_model
 from scaleprotoseg.models.prototypes import (
     GroupHead,
     PrototypeLayer,
@@ -25,7 +26,6 @@ from scaleprotoseg.models.prototypes import (
     log_similarity,
     project_simplex,
 )
-from scaleprotoseg.models.build import build_model
 
 VOID = 255
 EPS = 1e-4

@@ -152,8 +152,11 @@ def test_layout_errors_say_what_is_expected(tmp_path):
 
 
 def test_folder_dataset_runs_through_the_stages_with_two_overrides(tmp_path, params):
-    from scaleprotoseg import pipeline
     from scaleprotoseg.config import load_config, set_key
+    from scaleprotoseg.stages.evaluate import evaluate_stage
+    from scaleprotoseg.stages.prepare import prepare_dataset
+    from scaleprotoseg.stages.project import project
+    from scaleprotoseg.stages.train import train
 
     root = tmp_path / "mine"
     rng = np.random.default_rng(0)
@@ -177,20 +180,20 @@ def test_folder_dataset_runs_through_the_stages_with_two_overrides(tmp_path, par
     for k, v in tiny.items():
         set_key(params, k, v)
     prepared = tmp_path / "artifacts" / "prepared" / "folder"
-    meta = pipeline.prepare_dataset(params, "folder", prepared)
+    meta = prepare_dataset(params, "folder", prepared)
     assert meta.classes == ("ground", "box") and len(meta.splits["train"]) + len(meta.splits["val"]) == 8
     cfg = load_config(params, method="scaleprotoseg")
     assert cfg.dataset == "folder"
-    pipeline.train(cfg, prepared, tmp_path / "t", tmp_path / "r", progress=False)
-    pipeline.project(cfg, prepared, tmp_path / "t", tmp_path / "p", progress=False)
-    out = pipeline.evaluate_stage(cfg, prepared, tmp_path / "t", tmp_path / "p", tmp_path / "e", progress=False)
+    train(cfg, prepared, tmp_path / "t", tmp_path / "r", progress=False)
+    project(cfg, prepared, tmp_path / "t", tmp_path / "p", progress=False)
+    out = evaluate_stage(cfg, prepared, tmp_path / "t", tmp_path / "p", tmp_path / "e", progress=False)
     assert set(out["metrics"]["iou"]) == {"ground", "box"}
     # a root that does not exist names the key
     set_key(params, "data_sources.folder.root", str(tmp_path / "nowhere"))
     from scaleprotoseg.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data_sources.folder.root"):
-        pipeline.prepare_dataset(params, "folder", tmp_path / "x")
+        prepare_dataset(params, "folder", tmp_path / "x")
 
 
 def test_decode_uids_follows_the_documented_format():
@@ -256,14 +259,14 @@ def test_em_tiff_stacks_give_a_seeded_20_10_split(tmp_path):
 
 
 def _tiny_model(params, dataset, K):
-    from scaleprotoseg import pipeline
     from scaleprotoseg.config import load_config
+    from scaleprotoseg.models.build import build_for
 
     cfg = load_config(params, dataset=dataset, method="deeplab",
                       overrides={f"presets.{dataset}.model.backbone": "small", f"presets.{dataset}.model.width": 4,
                                  f"presets.{dataset}.model.pretrained": False, f"presets.{dataset}.model.msc_scales": [],
                                  f"presets.{dataset}.data.eval_size": None})
-    return pipeline.build_for(cfg, K, offline=True).eval(), cfg
+    return build_for(cfg, K, offline=True).eval(), cfg
 
 
 def test_voc_test_export_writes_palette_pngs_in_the_server_layout(tmp_path, params):
@@ -479,8 +482,8 @@ def test_ade20k_names_come_from_object_info_txt_or_csv(tmp_path):
 
 
 def test_ade20k_without_names_says_so(tmp_path, params, capsys):
-    from scaleprotoseg import pipeline
     from scaleprotoseg.config import set_key
+    from scaleprotoseg.stages.prepare import prepare_dataset
 
     from .layouts import write_ade20k
 
@@ -495,7 +498,7 @@ def test_ade20k_without_names_says_so(tmp_path, params, capsys):
     assert source.classes[0] == "class_001" and "1..150" in source.notes[0] and "objectInfo150.txt" in source.notes[0]
     # the preparation stage (what notebooks/10_prepare_data.ipynb runs) shows the note
     set_key(params, "data_sources.ade20k.root", str(root))
-    meta = pipeline.prepare_dataset(params, "ade20k", tmp_path / "prepared")
+    meta = prepare_dataset(params, "ade20k", tmp_path / "prepared")
     assert meta.classes[0] == "class_001" and "note: ADE20K class names not read" in capsys.readouterr().out
 
 
@@ -620,8 +623,8 @@ def test_folder_parts_that_do_not_fit_the_classes_file_are_refused(tmp_path):
 
 
 def test_report_says_why_consistency_and_stability_are_empty(tmp_path):
-    from scaleprotoseg import pipeline
     from scaleprotoseg.io import write_json
+    from scaleprotoseg.stages.report import collect_results, write_report
 
     note = src.no_parts_note("folder")
     assert "folder has no part annotations" in note and "parts/<stem>.png" in note and "classes.json" in note
@@ -629,9 +632,9 @@ def test_report_says_why_consistency_and_stability_are_empty(tmp_path):
         write_json(tmp_path / "evaluate" / m / "metrics.json",
                    {"miou": 50.0, "pixel_accuracy": 80.0, "iou": {"ground": 60.0, "box": 40.0}})
     write_json(tmp_path / "interpret" / "scaleprotoseg" / "metrics.json", {"consistency": None, "note": note})
-    results = pipeline.collect_results(["deeplab", "scaleprotoseg"], tmp_path / "evaluate", tmp_path / "train_reports",
+    results = collect_results(["deeplab", "scaleprotoseg"], tmp_path / "evaluate", tmp_path / "train_reports",
                                        tmp_path / "train", dataset="folder")
-    pipeline.write_report(results, "folder", tmp_path / "report")
+    write_report(results, "folder", tmp_path / "report")
     text = (tmp_path / "report" / "results.md").read_text()
     table_end = text.rindex("|")
     assert f"- {note}" in text[table_end:]

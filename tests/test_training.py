@@ -3,22 +3,27 @@
 import pytest
 import torch
 
-from scaleprotoseg import pipeline
+from scaleprotoseg.artifacts import provenance, read_curves
+from scaleprotoseg.config import RunConfig, load_config
 from scaleprotoseg.errors import ArtifactError
+from scaleprotoseg.models.build import build_model, load_model
+from scaleprotoseg.stages.evaluate import evaluate_stage
+from scaleprotoseg.stages.project import project
+from scaleprotoseg.stages.train import train
 from scaleprotoseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_checkpoint_round_trip_is_data_only(tmp_path, tiny_cfg):
-    model = pipeline.build_model("deeplab", tiny_cfg.model, 3)
+    model = build_model("deeplab", tiny_cfg.model, 3)
     path = save_checkpoint(tmp_path / "m.pt", model, tiny_cfg.to_dict(), phase="train", step=7, classes=["a", "b", "c"])
     raw = torch.load(path, weights_only=True)  # loading never executes code from the file
     assert raw["step"] == 7 and raw["phase"] == "train"
     payload = load_checkpoint(path)
-    clone = pipeline.build_model("deeplab", tiny_cfg.model, 3)
+    clone = build_model("deeplab", tiny_cfg.model, 3)
     clone.load_state_dict(payload["state_dict"])
     for (k, a), (_, b) in zip(model.state_dict().items(), clone.state_dict().items()):
         assert torch.equal(a, b), k
-    assert pipeline.RunConfig.from_dict(payload["config"]) == tiny_cfg
+    assert RunConfig.from_dict(payload["config"]) == tiny_cfg
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
 
 
@@ -33,42 +38,40 @@ def _final_state(path):
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_dataset, tiny_cfg, capsys):
     reference = tmp_path / "ref"
-    pipeline.train(tiny_cfg, tiny_dataset, reference, tmp_path / "ref_reports", progress=False)
+    train(tiny_cfg, tiny_dataset, reference, tmp_path / "ref_reports", progress=False)
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        pipeline.train(tiny_cfg, tiny_dataset, run, tmp_path / "run_reports", progress=False, interrupt_at=5)
-    assert (run / "resume.pt").is_file() and not (run / "model.pt").exists()
-    assert torch.load(run / "resume.pt", weights_only=True)["step"] == 4  # checkpoint_every = 2
+        train(tiny_cfg, tiny_dataset, run, tmp_path / "run_reports", progress=False, interrupt_at=5)
+    assert (run / "resume_train.pt").is_file() and not (run / "model.pt").exists()
+    assert torch.load(run / "resume_train.pt", weights_only=True)["step"] == 4  # checkpoint_every = 2
 
-    summary = pipeline.train(tiny_cfg, tiny_dataset, run, tmp_path / "run_reports", progress=False)
-    assert summary["resumed_from"] == 4 and "resuming from step 4" in capsys.readouterr().out
-    assert not (run / "resume.pt").exists()
+    summary = train(tiny_cfg, tiny_dataset, run, tmp_path / "run_reports", progress=False)
+    assert summary["phases"][0]["resumed"] == 4 and "resuming from step 4" in capsys.readouterr().out
+    assert not (run / "resume_train.pt").exists()
     ref, res = _final_state(reference / "model.pt"), _final_state(run / "model.pt")
     for k in ref:
         assert torch.allclose(ref[k].float(), res[k].float(), atol=1e-6), k
 
 
 def test_resume_state_of_another_config_is_ignored(tmp_path, tiny_dataset, tiny_cfg, params):
-    from scaleprotoseg.config import load_config
-
     from .conftest import TINY_OVERRIDES
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        pipeline.train(tiny_cfg, tiny_dataset, run, tmp_path / "r", progress=False, interrupt_at=3)
+        train(tiny_cfg, tiny_dataset, run, tmp_path / "r", progress=False, interrupt_at=3)
     other = load_config(params, overrides={**TINY_OVERRIDES, "presets.embedded.deeplab.lr": 0.01})
-    summary = pipeline.train(other, tiny_dataset, run, tmp_path / "r", progress=False)
-    assert summary["resumed_from"] == 0
+    summary = train(other, tiny_dataset, run, tmp_path / "r", progress=False)
+    assert summary["phases"][0]["resumed"] == 0
 
 
 def test_train_evaluate_and_curves(tmp_path, tiny_dataset, tiny_cfg):
-    pipeline.train(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "rep", progress=False)
-    curves = pipeline.read_curves(tmp_path / "rep" / "dvclive")
+    train(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "rep", progress=False)
+    curves = read_curves(tmp_path / "rep" / "dvclive")
     assert "train/loss" in curves and len(curves["train/loss"]) == tiny_cfg.train.steps
     assert "val/miou" in curves
-    pipeline.project(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj")
-    out = pipeline.evaluate_stage(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj", tmp_path / "eval", progress=False)
+    project(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj")
+    out = evaluate_stage(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj", tmp_path / "eval", progress=False)
     m = out["metrics"]
     assert m["images"] == 3 and 0 <= m["miou"] <= 100
     for f in ("metrics.json", "per_class_iou.csv", "confusion.png", "predictions.png"):
@@ -89,34 +92,34 @@ PROTO_TINY = {
 
 
 def test_prototype_training_resumes_across_phases(tmp_path, tiny_dataset, params, capsys):
-    cfg = pipeline.load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
-    pipeline.train(cfg, tiny_dataset, tmp_path / "ref", tmp_path / "ref_rep", progress=False)
+    cfg = load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
+    train(cfg, tiny_dataset, tmp_path / "ref", tmp_path / "ref_rep", progress=False)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):  # interrupted in the joint phase (global step 4 = joint step 2)
-        pipeline.train(cfg, tiny_dataset, run, tmp_path / "run_rep", progress=False, interrupt_at=4)
+        train(cfg, tiny_dataset, run, tmp_path / "run_rep", progress=False, interrupt_at=4)
     assert (run / "warmup.pt").is_file() and not (run / "joint.pt").exists()
-    pipeline.train(cfg, tiny_dataset, run, tmp_path / "run_rep2", progress=False)
+    train(cfg, tiny_dataset, run, tmp_path / "run_rep2", progress=False)
     out = capsys.readouterr().out
     assert "[warmup] already finished" in out and "[joint] resuming from step 2" in out
     ref, got = _final_state(tmp_path / "ref" / "model.pt"), _final_state(run / "model.pt")
     for k in ref:
         assert torch.allclose(ref[k].float(), got[k].float(), atol=1e-6), k
     # the skipped warm-up's curve is replayed into the new run's logs
-    curves = pipeline.read_curves(tmp_path / "run_rep2" / "dvclive")
+    curves = read_curves(tmp_path / "run_rep2" / "dvclive")
     assert len(curves["warmup/loss"]) == 2
 
 
 def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset, params):
-    cfg = pipeline.load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
-    pipeline.train(cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
-    info = pipeline.project(cfg, tiny_dataset, tmp_path / "t", tmp_path / "p", progress=False)
-    model, _, _ = pipeline.load_model(tmp_path / "p" / "model.pt")
+    cfg = load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
+    train(cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
+    info = project(cfg, tiny_dataset, tmp_path / "t", tmp_path / "p", progress=False)
+    model, _, _ = load_model(tmp_path / "p" / "model.pt")
     assert model.prototypes.num_prototypes == info["prototypes"] == info["prototypes_before"] - info["duplicates_removed"]
-    assert len(pipeline.provenance(tmp_path / "p")) == info["prototypes_before"]
-    gcfg = pipeline.load_config(params, method="scaleprotoseg_groups", overrides=PROTO_TINY)
-    pipeline.train(gcfg, tiny_dataset, tmp_path / "gt", tmp_path / "gr", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")
-    ginfo = pipeline.project(gcfg, tiny_dataset, tmp_path / "gt", tmp_path / "gp", progress=False)
-    grouped, _, _ = pipeline.load_model(tmp_path / "gp" / "model.pt")
+    assert len(provenance(tmp_path / "p")) == info["prototypes_before"]
+    gcfg = load_config(params, method="scaleprotoseg_groups", overrides=PROTO_TINY)
+    train(gcfg, tiny_dataset, tmp_path / "gt", tmp_path / "gr", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")
+    ginfo = project(gcfg, tiny_dataset, tmp_path / "gt", tmp_path / "gp", progress=False)
+    grouped, _, _ = load_model(tmp_path / "gp" / "model.pt")
     w = grouped.group_head.weight[grouped.group_head.valid_weights()]
     assert ((w == 0) | (w >= gcfg.train.threshold)).all()
     assert ginfo["prototypes_used"] <= ginfo["prototypes"]
@@ -124,7 +127,7 @@ def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset,
     # the stage-1 parts of the grouped model are exactly the projected scaleprotoseg model's
     assert torch.equal(grouped.prototypes.vectors, model.prototypes.vectors)
     # a group run against a different scaleprotoseg configuration is refused
-    other = pipeline.load_config(params, method="scaleprotoseg_groups",
+    other = load_config(params, method="scaleprotoseg_groups",
                                  overrides={**PROTO_TINY, "presets.embedded.scaleprotoseg.loss_kld": 0.5})
     with pytest.raises(ArtifactError, match="project@scaleprotoseg"):
-        pipeline.train(other, tiny_dataset, tmp_path / "gt2", tmp_path / "gr2", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")
+        train(other, tiny_dataset, tmp_path / "gt2", tmp_path / "gr2", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")

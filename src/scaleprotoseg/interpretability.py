@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from skimage.measure import label as connected_components
@@ -176,7 +177,6 @@ def evaluate_interpretability(model, dataset, data_cfg, device, seed: int, names
                               tau: float = TAU, sigma: float = SIGMA, max_images: int = 0, progress: bool = True,
                               pruned_from: int | None = None) -> InterpretResult:
     """Consistency, stability, overlaps and sparsity of a prototype model over `dataset` (with part masks)."""
-    import pandas as pd
     from tqdm.auto import tqdm
 
     from .data.prepared import VOID
@@ -261,3 +261,43 @@ def evaluate_interpretability(model, dataset, data_cfg, device, seed: int, names
     overlap = pd.DataFrame({"prototype overlap %": proto_ov, **({"group overlap %": group_ov} if gh is not None else {})},
                            index=list(meta.classes))
     return InterpretResult(metrics, table, overlap)
+
+
+# --------------------------------------------------------------------------------------------------------
+# model analysis: how the groups are composed and which scales the model uses
+
+
+def group_composition(model, classes, names):
+    """Per class, the (G, n_c) group-weight matrix with its columns ordered by scale, and the column labels."""
+    gh = model.group_head
+    w, idx, valid = gh.weight.detach().cpu(), gh.index.cpu(), gh.valid.cpu()
+    scale = model.prototypes.proto_scale.cpu()
+    mats, cols = [], []
+    for c in range(gh.num_classes):
+        js = [j for j in range(idx.shape[1]) if valid[c, j]]
+        js.sort(key=lambda j: (int(scale[idx[c, j]]), int(idx[c, j])))
+        mats.append(w[c][:, js].numpy())
+        cols.append(["/".join(names[int(idx[c, j])].split("/")[1:]) for j in js])
+    return mats, cols, list(classes)
+
+
+def scale_usage(model, classes) -> pd.DataFrame:
+    """Per class (and overall), the share of used prototype weight from each scale: group weights summed
+    over groups for the grouped model; positive own-class last-layer weights otherwise."""
+    scale = model.prototypes.proto_scale.cpu()
+    cls = model.prototypes.proto_class.cpu()
+    S = model.prototypes.num_scales
+    gh = model.group_head
+    if gh is not None:
+        per_proto = torch.zeros(model.prototypes.num_prototypes)
+        w = gh.weight.detach().cpu().sum(1)  # (K, n_max)
+        per_proto.index_put_((gh.index.cpu()[gh.valid.cpu()],), w[gh.valid.cpu()])
+    else:
+        per_proto = model.last_layer.detach().cpu()[cls, torch.arange(len(cls))].clamp(min=0)
+    table = torch.zeros(len(classes), S)
+    table.index_put_((cls, scale), per_proto, accumulate=True)
+    share = table / table.sum(1, keepdim=True).clamp(min=1e-12)
+    df = pd.DataFrame(100 * share.numpy(), index=list(classes), columns=[f"scale {s}" for s in range(S)])
+    total = table.sum(0)
+    df.loc["all classes"] = (100 * total / total.sum().clamp(min=1e-12)).numpy()
+    return df

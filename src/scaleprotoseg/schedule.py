@@ -53,7 +53,7 @@ class PhaseCost:
 
 
 def _model(cfg, K):
-    from .pipeline import build_for
+    from .models.build import build_for
 
     return build_for(cfg, K, offline=True)
 

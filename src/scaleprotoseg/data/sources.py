@@ -38,10 +38,20 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .class_names import (  # noqa: F401 (re-exported: the tables live beside the names files' readers)
-    CITYSCAPES_CLASSES, CITYSCAPES_LABELID_TO_TRAINID, CITYSCAPES_PARTS, PASCAL_CLASSES, ade_names, coco_stuff_names,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_LABELID_TO_TRAINID,
+    CITYSCAPES_PARTS,
+    PASCAL_CLASSES,
+    ade_names,
+    coco_stuff_names,
 )
 from .panoptic_parts import (  # noqa: F401 (re-exported)
-    decode_uids, pascal_panoptic_parts, pascal_part_table, read_panoptic_parts, read_pascal_parts, read_uids,
+    decode_uids,
+    pascal_panoptic_parts,
+    pascal_part_table,
+    read_panoptic_parts,
+    read_pascal_parts,
+    read_uids,
 )
 from .prepared import VOID, DatasetMeta
 

@@ -1,10 +1,13 @@
-"""Building a method's network from its configuration (the `model` section of a preset)."""
+"""Building a method's network from its configuration, and rebuilding a trained one from its checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, RunConfig
+from ..training.checkpoint import load_checkpoint
 from .backbone import build_backbone, freeze_batchnorm
 from .deeplab import DeepLabV2
 from .prototypes import PrototypeSegmenter
@@ -28,3 +31,27 @@ def build_model(method: str, model_cfg: ModelConfig, num_classes: int, prototype
                                   features=features, multiscale=method == "scaleprotoseg",
                                   msc_scales=model_cfg.msc_scales, freeze_bn=model_cfg.freeze_bn)
     raise ValueError(f"no model for method {method!r}")
+
+
+def build_for(cfg: RunConfig, num_classes: int, offline: bool = False) -> nn.Module:
+    """The untrained network of `cfg.method` (offline: never download ImageNet weights)."""
+    base = cfg.start if cfg.start is not None else cfg
+    model_cfg = base.model
+    if offline:
+        model_cfg = type(model_cfg)(**{**model_cfg.__dict__, "pretrained": False})
+    if base.method == "deeplab":
+        return build_model("deeplab", model_cfg, num_classes)
+    model = build_model(base.method, model_cfg, num_classes, prototypes=base.train.prototypes, features=base.train.features)
+    if cfg.method == "scaleprotoseg_groups":
+        model.add_groups(cfg.train.groups)
+    return model
+
+
+def load_model(checkpoint: str | Path, device="cpu", stage_hint: str = "the training stage"):
+    """Rebuild a trained model from its checkpoint alone (never downloads weights or runs code from it):
+    (model in eval mode on `device`, its RunConfig, the checkpoint payload)."""
+    payload = load_checkpoint(checkpoint, stage_hint)
+    cfg = RunConfig.from_dict(payload["config"])
+    model = build_for(cfg, len(payload["classes"]), offline=True)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), cfg, payload

@@ -4,6 +4,7 @@ docs/method.md §3 (losses) and §4 (phases):
 
 | phase          | trains                               | schedule | loss                                  |
 |----------------|--------------------------------------|----------|---------------------------------------|
+| `train`        | DeepLab: trunk, ASPP head (10× LR)   | poly 0.9 | CE (its own optimiser: SGD or Adam)   |
 | `warmup`       | ASPP, prototypes                     | constant | CE + KLD + L1                         |
 | `joint`        | trunk (lower LR), ASPP, prototypes   | poly 0.9 | CE + KLD + L1                         |
 | `finetune`     | last layer                           | constant | CE + KLD + L1                         |
@@ -24,14 +25,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from ..config import GroupTrainConfig, PrototypeTrainConfig
+from ..config import GroupTrainConfig, PrototypeTrainConfig, TrainConfig
 from ..losses import kld_loss, msc_mean, pixel_cross_entropy
-from ..models.prototypes import PrototypeSegmenter, log_similarity
+from ..models.prototypes import log_similarity
 
 STAGE1_PHASES = ("warmup", "joint")
 GROUP_PHASES = ("group_warmup", "group_joint")
+METHOD_PHASES = {  # what the training stage runs for each method (projection and fine-tuning come after)
+    "deeplab": ("train",),
+    "protoseg": STAGE1_PHASES,
+    "scaleprotoseg": STAGE1_PHASES,
+    "scaleprotoseg_groups": GROUP_PHASES,
+}
 TRAINS = {
+    "train": ("trunk", "head"),
     "warmup": ("aspp", "prototypes"),
     "joint": ("trunk", "aspp", "prototypes"),
     "finetune": ("last_layer",),
@@ -46,15 +55,30 @@ class PhaseSpec:
     steps: int
     groups: list[dict]  # optimiser parameter groups with their lr and weight decay
     poly_power: float
+    optimizer: str = "adam"  # the paper's prototype phases use Adam; DeepLab's recipe SGD
+    momentum: float = 0.9  # SGD only
 
 
-def phase_spec(model: PrototypeSegmenter, phase: str, t: PrototypeTrainConfig | GroupTrainConfig) -> PhaseSpec:
+STEPS_KEY = {"train": "steps", "warmup": "warmup_steps", "joint": "joint_steps", "finetune": "finetune_steps",
+             "group_warmup": "warmup_steps", "group_joint": "joint_steps"}
+
+
+def phase_steps(t: TrainConfig | PrototypeTrainConfig | GroupTrainConfig, phase: str) -> int:
+    """Mini-batches of `phase` under the training section `t`."""
+    return getattr(t, STEPS_KEY[phase])
+
+
+def phase_spec(model: nn.Module, phase: str, t: TrainConfig | PrototypeTrainConfig | GroupTrainConfig) -> PhaseSpec:
     """Set `requires_grad` for `phase` and return its optimiser groups (the paper's LRs)."""
     params = model.param_groups()
     trains = TRAINS[phase]
     for name, ps in params.items():
         for p in ps:
             p.requires_grad_(name in trains)
+    if phase == "train":  # DeepLab: trunk at lr, ASPP head at lr × head_lr_mult (the 10× of DeepLab's recipe)
+        groups = [{"params": params["trunk"], "lr": t.lr, "weight_decay": t.weight_decay},
+                  {"params": params["head"], "lr": t.lr * t.head_lr_mult, "weight_decay": t.weight_decay}]
+        return PhaseSpec(phase, t.steps, groups, t.poly_power, t.optimizer, t.momentum)
     if phase in ("warmup", "joint"):
         warm = phase == "warmup"
         groups = [
@@ -121,3 +145,17 @@ def group_loss(t: GroupTrainConfig):
         return t.loss_ce * ce + t.loss_l1 * gh.off_class_l1() + t.loss_entropy * gh.entropy()
 
     return loss_fn
+
+
+def deeplab_loss(model, images, labels):
+    """DeepLab's loss: cross-entropy averaged over the MSC outputs."""
+    return msc_mean(pixel_cross_entropy, model(images), labels)
+
+
+def loss_for(t: TrainConfig | PrototypeTrainConfig | GroupTrainConfig, phase: str):
+    """loss_fn(model, images, labels) of `phase`."""
+    if phase == "train":
+        return deeplab_loss
+    if phase in GROUP_PHASES:
+        return group_loss(t)
+    return stage1_loss(t)

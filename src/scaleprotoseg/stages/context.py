@@ -1,0 +1,184 @@
+"""What every stage shares: the resolved configuration and folders of a stage notebook, smoke mode, and
+small display helpers.
+
+Each stage notebook has a `smoke` parameter. `smoke=True` (the notebook's default, what nbval runs)
+shrinks every size through `SMOKE_OVERRIDES`, rebases every path into a fresh temporary folder and builds
+the upstream artifacts the stage needs there, so a notebook runs on its own in seconds and never touches
+pipeline outputs. `dvc.yaml` passes `smoke=False` and the real paths (relative to the working directory,
+the repository DVC runs the stage in).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import RunConfig, load_config, method_names, read_params, set_key
+from ..paths import repo_root
+
+SMOKE_OVERRIDES = {
+    "experiment.dataset": "embedded",
+    "embedded.image_size": 48,
+    "embedded.n_train": 6,
+    "embedded.n_val": 3,
+    "embedded.max_objects": 2,
+    "presets.embedded.data.crop": 40,
+    "presets.embedded.model.width": 8,
+    "presets.embedded.deeplab.steps": 2,
+    "presets.embedded.deeplab.batch_size": 2,
+    "presets.embedded.deeplab.log_every": 1,
+    "presets.embedded.deeplab.checkpoint_every": 1,
+    "presets.embedded.deeplab.val_every": 0,
+    "presets.embedded.eval.n_examples": 2,
+}
+for _m in ("protoseg", "scaleprotoseg"):
+    SMOKE_OVERRIDES.update({f"presets.embedded.{_m}.{k}": v for k, v in {
+        "features": 8, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "finetune_steps": 1, "log_every": 1,
+        "checkpoint_every": 1, "val_every": 0, "val_images": 2}.items()})
+SMOKE_OVERRIDES.update({f"presets.embedded.scaleprotoseg_groups.{k}": v for k, v in {
+    "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
+    "val_images": 2}.items()})
+
+
+def resolve(path: str | Path) -> Path:
+    """Paths in params.yaml and dvc.yaml are relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else repo_root() / path
+
+
+def load_params(params_path: str | Path, smoke: bool) -> dict:
+    params = read_params(resolve(params_path))
+    if smoke:
+        for key, value in SMOKE_OVERRIDES.items():
+            set_key(params, key, value)
+    return params
+
+
+LAYOUT = {
+    "prepared": "artifacts/prepared/{dataset}",
+    "train": "artifacts/train/{method}",
+    "project": "artifacts/project/{method}",
+    "train_reports": "reports/train/{method}",
+    "evaluate_reports": "reports/evaluate/{method}",
+    "interpret_reports": "reports/interpret/{method}",
+}
+
+
+def layout(key: str, dataset: str = "embedded", method: str = "deeplab") -> str:
+    return LAYOUT[key].format(dataset=dataset, method=method)
+
+
+@dataclass
+class StageContext:
+    """What a stage notebook works with: the resolved config and its folders (absolute paths)."""
+
+    cfg: RunConfig
+    params: dict
+    paths: dict[str, Path]
+    root: Path
+    smoke: bool
+
+    def describe(self) -> pd.DataFrame:
+        """The resolved configuration as a two-column table, for the notebook record."""
+        flat = pd.json_normalize(self.cfg.to_dict(), sep=".").T.reset_index()
+        flat.columns = ["key", "value"]
+        flat["value"] = flat["value"].astype(str)
+        return flat.set_index("key")
+
+
+def stage(name: str, *, smoke: bool, params_path: str = "params.yaml", dataset: str | None = None,
+          method: str = "deeplab", paths: dict[str, str] | None = None) -> StageContext:
+    """Resolve the config and folders of stage `name`.
+
+    `paths` are relative to the repository root; with `smoke=True` they are rebased into a fresh temporary
+    folder, every size shrinks (SMOKE_OVERRIDES) and the upstream artifacts of the stage are built there.
+    """
+    params = load_params(params_path, smoke)
+    cfg = load_config(params, dataset=dataset, method=method)
+    root = Path(tempfile.mkdtemp(prefix=f"scaleprotoseg-smoke-{name}-")) if smoke else repo_root()
+    resolved = {k: (Path(v) if Path(v).is_absolute() else root / v) for k, v in (paths or {}).items()}
+    if smoke:
+        _smoke_inputs(name, cfg, params, root)
+    return StageContext(cfg, params, resolved, root, smoke)
+
+
+def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
+    """Build, under `root`, what stage `name` reads, with the same layout as the real pipeline."""
+    from .prepare import prepare_dataset
+
+    if name == "prepare":
+        return
+    p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
+    prepare_dataset(params, cfg.dataset, p["prepared"])
+    if name == "report":
+        for m in method_names(params):
+            _smoke_chain(load_config(params, dataset=cfg.dataset, method=m), root, upto="evaluate")
+        return  # the report works without interpretability metrics (its columns stay empty)
+    upto = {"train": None, "project": "train", "evaluate": "project", "interpret": "project", "export": "project"}[name]
+    if cfg.start is not None:
+        _smoke_chain(cfg.start, root, upto="project")
+    if upto:
+        _smoke_chain(cfg, root, upto=upto)
+
+
+def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:
+    """Run train → project → evaluate for `cfg.method` under `root`, up to and including `upto`."""
+    from .evaluate import evaluate_stage
+    from .project import project
+    from .train import train
+
+    p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
+    if (p["evaluate_reports"] / "metrics.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
+        return
+    if cfg.start is not None:
+        _smoke_chain(cfg.start, root, upto="project")
+    train(cfg, p["prepared"], p["train"], p["train_reports"], progress=False, start_checkpoint=start_checkpoint(cfg, root))
+    if upto in ("project", "evaluate"):
+        project(cfg, p["prepared"], p["train"], p["project"], progress=False)
+    if upto == "evaluate":
+        evaluate_stage(cfg, p["prepared"], p["train"], p["project"], p["evaluate_reports"], progress=False)
+
+
+def start_checkpoint(cfg: RunConfig, root: Path) -> Path | None:
+    """The model `cfg.method` starts from (scaleprotoseg_groups: scaleprotoseg's projected model)."""
+    return root / layout("project", cfg.dataset, cfg.start.method) / "model.pt" if cfg.start is not None else None
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+def read_table_if(path: str | Path):
+    """A saved CSV table, or a note that this method has none."""
+    if Path(path).is_file():
+        return pd.read_csv(path, index_col=0)
+    from IPython.display import Markdown
+
+    return Markdown(f"*No `{Path(path).name}` for this method.*")
+
+
+def show_if(path: str | Path):
+    """Display a saved PNG, or say that this method has no such figure."""
+    if Path(path).is_file():
+        return show(path)
+    from IPython.display import Markdown
+
+    return Markdown(f"*No `{Path(path).name}` for this method.*")
+
+
+def show(path: str | Path):
+    """Display a saved PNG in a notebook (figures are drawn from saved artifacts)."""
+    from IPython.display import Image
+
+    return Image(filename=str(path))

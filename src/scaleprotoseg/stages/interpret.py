@@ -1,0 +1,93 @@
+"""Stage 50, interpret: the interpretability metrics of a prototype model (docs/method.md §8) and its
+figures, from saved artifacts only (never retrains)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import plots
+from ..artifacts import read_patches
+from ..config import RunConfig
+from ..data.prepared import PreparedDataset, read_meta
+from ..interpretability import group_composition, scale_usage
+from ..io import atomic_path, read_json, write_csv, write_json
+from ..models.build import load_model
+from ..training.loop import resolve_device
+
+
+def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:
+    """Interpretability metrics (consistency, stability, overlaps, sparsity) and figures of a prototype model,
+    from saved artifacts only (never retrains); black-box deeplab has none. Writes `metrics.json` (which
+    `dvc metrics show/diff` compare), per-prototype and per-class tables and the figures."""
+    from .. import interpretability as it
+    from ..models.prototypes import prototype_names
+
+    report_dir = Path(report_dir)
+    info = {"method": cfg.method, "interpretable": cfg.method != "deeplab"}
+    if cfg.method == "deeplab":
+        info["note"] = ("deeplab is the black-box baseline: no prototypes, so no consistency, stability, sparsity, "
+                        "overlap or prototype figures.")
+        write_json(report_dir / "metrics.json", info)
+        with atomic_path(report_dir / "details" / "README.txt") as tmp:
+            tmp.write_text("deeplab has no prototypes: no interpretability tables or figures.\n")
+        return info
+    device = resolve_device(cfg.device)
+    model, _, payload = load_model(Path(project_dir) / "model.pt", device, f"project@{cfg.method}")
+    meta = read_meta(data_root)
+    val = PreparedDataset(data_root, "val")
+    names = prototype_names(model, meta.classes)
+    proj = read_json(Path(project_dir) / "projection.json")
+    pruned_from = proj.get("prototypes_before") if cfg.method == "protoseg" and "pruned" in proj else None
+    t0 = time.perf_counter()
+    res = it.evaluate_interpretability(model, val, cfg.data, device, seed=cfg.seed, names=names,
+                                       max_images=cfg.eval.max_images, progress=progress, pruned_from=pruned_from)
+    info.update(res.metrics)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    if not meta.has_parts:
+        from ..data.sources import no_parts_note
+
+        info["note"] = no_parts_note(meta.name)
+    write_json(report_dir / "metrics.json", info)
+    write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
+    write_csv(res.overlap, report_dir / "details" / "overlap.csv")
+    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root)
+    return info
+
+
+def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path, data_root: Path) -> None:
+    """The figures of the interpretability notebook, each saved as a PNG."""
+    saved = read_patches(project_dir)
+    used = model.group_head.used_prototypes().cpu().numpy() if model.group_head is not None else None
+    if saved is not None:
+        fig = plots.prototype_gallery(*saved, used=used, group_weights=_group_weight_labels(model),
+                                      title=f"{cfg.method}: prototypes by class and scale (source patches)")
+        plots.save_figure(fig, report_dir / "gallery.png")
+    plots.save_figure(plots.scale_usage_figure(scale_usage(model, meta.classes), title=f"{cfg.method}: share of used prototype weight per scale"),
+                      report_dir / "scale_usage.png")
+    if model.group_head is not None:
+        plots.save_figure(plots.group_composition_figure(*group_composition(model, meta.classes, names)),
+                          report_dir / "group_composition.png")
+    from .. import explain
+
+    device = next(model.parameters()).device
+    val = PreparedDataset(data_root, "val")
+    plots.save_figure(explain.explain_prediction(model, val, cfg.data, device, cfg.seed, cfg.method), report_dir / "explanation.png")
+    plots.save_figure(explain.failure_cases(model, val, cfg.data, device, max_images=cfg.eval.max_images), report_dir / "failure_cases.png")
+    if saved is not None:
+        fig = explain.nearest_prototypes(model, val, cfg.data, device, cfg.seed, *saved)
+        plots.save_figure(fig, report_dir / "nearest_prototypes.png")
+
+
+def _group_weight_labels(model) -> list[str] | None:
+    """Per prototype, 'g<k>:<w>' for each group of its class that uses it (grouped model only)."""
+    gh = model.group_head
+    if gh is None:
+        return None
+    w, idx, valid = gh.weight.detach().cpu(), gh.index.cpu(), gh.valid.cpu()
+    labels = [""] * model.prototypes.num_prototypes
+    for c in range(gh.num_classes):
+        for j in range(idx.shape[1]):
+            if valid[c, j]:
+                labels[int(idx[c, j])] = " ".join(f"g{g}:{float(w[c, g, j]):.2f}" for g in range(gh.groups) if w[c, g, j] > 0)
+    return labels

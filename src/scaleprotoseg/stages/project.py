@@ -1,0 +1,123 @@
+"""Stage 30, project: ProtoSeg / ScaleProtoSeg's projection ("push"), de-duplication, last-layer
+fine-tuning and ProtoSeg's pruning (docs/method.md §5); for scaleprotoseg_groups, the thresholding of the
+group weights. DeepLab has no prototypes: the stage records that."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import plots
+from ..artifacts import copy_projection_records, read_patches
+from ..config import RunConfig
+from ..data.loader import eval_loader
+from ..data.prepared import PreparedDataset, read_meta
+from ..errors import ArtifactError
+from ..io import atomic_path, write_csv, write_json
+from ..models.build import load_model
+from ..training.checkpoint import save_checkpoint
+from ..training.loop import resolve_device
+from .context import seed_everything, show
+
+
+def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+    """Projection stage: push + de-duplication + last-layer fine-tuning (+ ProtoSeg pruning); thresholding for
+    the grouped model. DeepLab has no prototypes: it records that and evaluation uses its trained model."""
+    train_dir, out_dir = Path(train_dir), Path(out_dir)
+    if not (train_dir / "model.pt").is_file():
+        raise ArtifactError(f"{train_dir / 'model.pt'} not found; run the training stage first (`dvc repro train@{cfg.method}`).")
+    if cfg.method == "deeplab":
+        info = {"method": cfg.method, "prototypes": 0, "projected": False,
+                "note": "deeplab is the black-box baseline: it has no prototypes to project; evaluation uses the trained model."}
+    elif cfg.method == "scaleprotoseg_groups":
+        info = threshold_groups(cfg, train_dir, out_dir)
+    else:
+        info = project_prototypes(cfg, data_root, train_dir, out_dir, progress)
+    write_json(out_dir / "projection.json", info)
+    return info
+
+
+def projection_split(meta) -> str:
+    return "project" if "project" in meta.splits else "train"
+
+
+def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+    from .. import projection as pj
+    from ..models.prototypes import prototype_names
+    from ..training.runner import run_phases
+
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    model, _, payload = load_model(train_dir / "model.pt", device)
+    meta = read_meta(data_root)
+    split = projection_split(meta)
+    source = PreparedDataset(data_root, split)
+    loader = eval_loader(data_root, split, cfg.data, 1)
+    names = prototype_names(model, meta.classes)
+    t0 = time.perf_counter()
+    proj = pj.find_nearest(model, loader, device, progress, rule=cfg.train.projection_rule)
+    seconds_pass = time.perf_counter() - t0
+    with torch.no_grad():
+        model.prototypes.vectors.copy_(proj.vectors)
+    missing = [n for n, f in zip(names, proj.found.tolist()) if not f]
+    table = pj.provenance_table(proj, names, model, source.ids, meta.classes)
+    patches, boxes = pj.source_patches(proj, source)
+    keep = pj.duplicates(model.prototypes.vectors.detach(), model.prototypes.proto_scale)
+    kept_names = [names[i] for i in keep.tolist()]
+    table["kept"] = [n in set(kept_names) for n in table.index]
+    model.keep_prototypes(keep)
+    ids = keep.cpu().numpy()
+    info = {"method": cfg.method, "split": split, "images": len(source), "prototypes_before": len(names),
+            "duplicates_removed": len(names) - len(ids), "no_eligible_pixel": missing,
+            "projection_pass_seconds": round(seconds_pass, 2)}
+    save_checkpoint(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
+    t = cfg.train
+    logger = None
+    phases = run_phases(model, cfg, ("finetune",), data_root, out_dir, logger, device, progress, None, meta)
+    if cfg.method == "protoseg" and t.prune:
+        best_d, best_m = pj.nearest_patches(model, loader, device, t.prune_k, progress)
+        keep_mask = pj.prune_mask(best_d, best_m, t.prune_threshold)
+        pruned = [kept_names[i] for i in torch.nonzero(~keep_mask).flatten().tolist()]
+        table["pruned"] = [n in set(pruned) for n in table.index]
+        keep2 = torch.nonzero(keep_mask).flatten()
+        ids = ids[keep2.cpu().numpy()]
+        model.keep_prototypes(keep2)
+        info["pruned"] = pruned
+        save_checkpoint(out_dir / "pruned.pt", model, cfg.to_dict(), phase="pruned", step=0, classes=list(meta.classes))
+        phases += run_phases(model, cfg, ("finetune",), data_root, out_dir / "after_pruning", None, device, progress,
+                             None, meta)
+    info["prototypes"] = model.prototypes.num_prototypes
+    info["phases"] = phases
+    write_csv(table, out_dir / "provenance.csv")
+    with atomic_path(out_dir / "patches.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, patches=patches[ids], boxes=boxes[ids], names=np.array([names[i] for i in ids]))
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="final", step=0, classes=list(meta.classes))
+    return info
+
+
+def gallery_figure(project_dir: Path, report_dir: Path, title: str):
+    """Draw (and save as gallery.png) the source patches of the final prototypes; a note for deeplab."""
+    saved = read_patches(project_dir)
+    if saved is None:
+        fig = plots.message_figure("No prototypes (black-box model): nothing to show.")
+    else:
+        fig = plots.prototype_gallery(*saved, title=title)
+    plots.save_figure(fig, Path(report_dir) / "gallery.png")
+    return show(Path(report_dir) / "gallery.png")
+
+
+def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
+    """The grouped model is evaluated after zeroing group weights below the threshold (no renormalisation)."""
+    from ..models.prototypes import prototype_counts
+
+    model, _, payload = load_model(train_dir / "model.pt")
+    before = prototype_counts(model)
+    model.group_head.threshold(cfg.train.threshold)
+    after = prototype_counts(model)
+    copy_projection_records(train_dir, out_dir)
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="thresholded", step=0, classes=payload["classes"])
+    return {"method": cfg.method, "threshold": cfg.train.threshold, "before_threshold": before, **after}

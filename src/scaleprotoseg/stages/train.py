@@ -1,0 +1,104 @@
+"""Stage 20, train (and ScaleProtoSeg's groups stage): one entry point, `train`, runs the method's phases —
+DeepLab's single phase, ProtoSeg / ScaleProtoSeg's warm-up and joint, the groups' warm-up and joint from
+scaleprotoseg's projected model. Each phase ends with a checkpoint the next one starts from; an
+interrupted phase resumes from its resume state; curves go to DVCLive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import copy_projection_records
+from ..config import RunConfig
+from ..data.loader import eval_loader
+from ..data.prepared import read_meta
+from ..errors import ArtifactError
+from ..io import write_json
+from ..models.build import build_for, load_model
+from ..training.checkpoint import save_checkpoint
+from ..training.loop import resolve_device
+from ..training.phases import METHOD_PHASES, phase_steps
+from ..training.runner import run_phases
+from .context import seed_everything
+
+
+class LiveLogger:
+    """Curves to DVCLive (metrics.json + plots/metrics/*.tsv) so `dvc plots` and `dvc exp show` read them."""
+
+    def __init__(self, directory: Path, resume: bool):
+        from dvclive import Live
+
+        self.live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        self.live.step = step
+        for k, v in metrics.items():
+            self.live.log_metric(k, float(v))
+        self.live.make_summary()
+
+    def end(self) -> None:
+        self.live.end()
+
+
+def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,
+          interrupt_at: int | None = None, start_checkpoint: Path | None = None) -> dict:
+    """Train `cfg.method` through its phases; write `out_dir/model.pt` (the last phase's end state), one
+    checkpoint per phase, `train_summary.json`, and curves under `report_dir/dvclive`.
+
+    scaleprotoseg_groups starts from `start_checkpoint` (scaleprotoseg's projected model)."""
+    out_dir, report_dir = Path(out_dir), Path(report_dir)
+    meta = read_meta(data_root)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = _start_model(cfg, start_checkpoint, device, out_dir) if cfg.start is not None else build_for(cfg, meta.num_classes)
+    model = model.to(device)
+    phases = METHOD_PHASES[cfg.method]
+    t = cfg.train
+    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, t.val_images)
+    started = any((out_dir / f"{kind}{ph}.pt").is_file() for ph in phases for kind in ("", "resume_"))
+    logger = LiveLogger(report_dir / "dvclive", resume=started)
+    after_update = model.group_head.project if getattr(model, "group_head", None) is not None else None
+    done = run_phases(model, cfg, phases, data_root, out_dir, logger, device, progress, interrupt_at, meta,
+                      after_update=after_update, val=val)
+    logger.end()
+    steps = sum(phase_steps(t, ph) for ph in phases)
+    save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase=phases[-1], step=steps, classes=list(meta.classes))
+    return _train_summary(cfg, out_dir, model, device, done, steps)
+
+
+def _start_model(cfg: RunConfig, start_checkpoint: Path | None, device, out_dir: Path):
+    """The model a method starts from when it is not the backbone's initialisation: scaleprotoseg_groups
+    starts from scaleprotoseg's projected model, which must have been made with today's scaleprotoseg settings."""
+    if start_checkpoint is None or not Path(start_checkpoint).is_file():
+        raise ArtifactError(f"{start_checkpoint}: {cfg.method} starts from the projected {cfg.start.method} model; "
+                            f"run `dvc repro project@{cfg.start.method}` first.")
+    model, start_cfg, _ = load_model(start_checkpoint, device, f"project@{cfg.start.method}")
+    if start_cfg.to_dict() != cfg.start.to_dict():
+        raise ArtifactError(f"{start_checkpoint} was trained with other {cfg.start.method} settings than params.yaml now has; "
+                            f"re-run `dvc repro project@{cfg.start.method}`.")
+    model.add_groups(cfg.train.groups)
+    copy_projection_records(Path(start_checkpoint).parent, out_dir)  # provenance and patches travel with the model
+    return model
+
+
+def _train_summary(cfg, out_dir, model, device, phases, steps) -> dict:
+    summary = {
+        "method": cfg.method,
+        "steps": steps,
+        "phases": phases,
+        "seconds": round(sum(p["seconds"] for p in phases), 2),
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    write_json(Path(out_dir) / "train_summary.json", summary)
+    return summary
+
+
+def model_summary(cfg: RunConfig, data_root: Path) -> pd.DataFrame:
+    """Parameter counts of the method's model per parameter group (built without downloading weights)."""
+    meta = read_meta(data_root)
+    model = build_for(cfg, meta.num_classes, offline=True)
+    rows = {g: sum(p.numel() for p in ps) for g, ps in model.param_groups().items()}
+    rows["total (incl. frozen)"] = sum(p.numel() for p in model.parameters())
+    return pd.DataFrame({"parameters": rows})
