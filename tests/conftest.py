@@ -48,9 +48,9 @@ TINY_OVERRIDES = {
     "presets.embedded.model.width": 8,
     "presets.embedded.deeplab.steps": 6,
     "presets.embedded.deeplab.batch_size": 2,
-    "presets.embedded.deeplab.log_every": 1,
-    "presets.embedded.deeplab.checkpoint_every": 2,
-    "presets.embedded.deeplab.val_every": 0,
+    "presets.embedded.runtime.log_every": 1,
+    "presets.embedded.runtime.checkpoint_every": 2,
+    "presets.embedded.runtime.val_every": 0,
     "presets.embedded.eval.n_examples": 1,
     "experiment.device": "cpu",
 }

@@ -149,16 +149,19 @@ def tiny_overrides(dataset: str, methods=("scaleprotoseg",)) -> dict:
     """A paper preset shrunk to seconds on a CPU: tiny trunk, 32-px crops, a few steps per phase."""
     p = f"presets.{dataset}"
     out = {f"{p}.data.crop": 32, f"{p}.data.eval_size": None, f"{p}.data.eval_short_side": None,
-           f"{p}.data.num_workers": 0, f"{p}.model.width": 4, f"{p}.model.pretrained": False,
+           f"{p}.runtime.num_workers": 0, f"{p}.model.width": 4, f"{p}.model.pretrained": False,
            f"{p}.model.msc_scales": [], f"{p}.model.aspp_rates": [1, 2, 3, 4], f"{p}.eval.n_examples": 1,
            "experiment.device": "cpu"}
     if dataset != "em":  # EM keeps its U-Net
         out[f"{p}.model.backbone"] = "small"
+    out.update({f"{p}.runtime.{k}": v for k, v in {"log_every": 1, "checkpoint_every": 1, "val_every": 0,
+                                                    "val_images": 2}.items()})
     for m in methods:
         steps = ({"steps": 2} if m == "deeplab" else
                  {"warmup_steps": 1, "joint_steps": 2} if m == "scaleprotoseg_groups" else
-                 {"features": 4, "warmup_steps": 1, "joint_steps": 2, "finetune_steps": 1})
-        for k, v in {**steps, "batch_size": 2, "accumulation": 1, "log_every": 1, "checkpoint_every": 1,
-                     "val_every": 0, "val_images": 2}.items():
+                 {"features": 4, "warmup_steps": 1, "joint_steps": 2})
+        for k, v in {**steps, "batch_size": 2, "accumulation": 1}.items():
             out[f"{p}.{m}.{k}"] = v
+        if m in ("protoseg", "scaleprotoseg"):
+            out[f"{p}.project_{m}.finetune_steps"] = 1
     return out

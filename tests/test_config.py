@@ -15,7 +15,9 @@ def test_repository_params_resolve(params):
     [
         ({"experiment.dataset": "pascl"}, "Unknown dataset 'pascl' (experiment.dataset)"),
         ({"experiment.methods": ["deeplab", "protoseeg"]}, "experiment.methods"),
-        ({"presets.embedded.deeplab.steps": -5}, "presets.embedded.deeplab.steps must be > 0"),
+        ({"presets.embedded.deeplab.steps": -5}, "presets.embedded.deeplab.steps must be a finite number > 0"),
+        ({"presets.embedded.deeplab.lr": float("inf")}, "presets.embedded.deeplab.lr must be a finite number > 0"),
+        ({"presets.embedded.runtime.log_every": 0}, "presets.embedded.runtime.log_every must be a finite number > 0"),
         ({"presets.embedded.deeplab.steps": 2.5}, "presets.embedded.deeplab.steps must be an integer"),
         ({"presets.embedded.deeplab.lr": "fast"}, "presets.embedded.deeplab.lr must be a number"),
         ({"presets.embedded.data.flip": "yes"}, "presets.embedded.data.flip must be true or false"),
@@ -43,11 +45,43 @@ def test_unknown_and_missing_keys_are_listed(params):
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\]; valid keys"):
         load_config(params)
     del params["presets"]["embedded"]["deeplab"]["stepz"]
-    del params["presets"]["embedded"]["deeplab"]["lr"]
-    with pytest.raises(ConfigError, match=r"missing key\(s\) \['lr'\]"):
+    del params["defaults"]["deeplab"]["lr"]
+    with pytest.raises(ConfigError, match=r"defaults.deeplab: missing key\(s\) \['lr'\]"):
         load_config(params)
 
 
 def test_override_of_missing_key_is_rejected(params):
     with pytest.raises(ConfigError, match="no key 'nope'"):
         load_config(params, overrides={"presets.embedded.deeplab.nope": 1})
+
+
+def test_presets_are_defaults_with_their_differences_on_top(params):
+    """`folder` is the embedded CPU preset without copying it; a paper preset changes only what it lists."""
+    emb, fol = load_config(params, "embedded", "protoseg"), load_config(params, "folder", "protoseg")
+    assert emb.to_dict() | {"dataset": None, "extra": None} == fol.to_dict() | {"dataset": None, "extra": None}
+    pascal = load_config(params, "pascal", "protoseg")
+    assert pascal.train.lr_joint_trunk == 2.5e-5 and pascal.project.rule == "any"
+    assert pascal.train.loss_kld == params["defaults"]["protoseg"]["loss_kld"]  # not listed: from defaults
+
+
+def test_a_preset_names_every_section(params):
+    del params["presets"]["pascal"]["eval"]
+    with pytest.raises(ConfigError, match=r"presets.pascal: missing section\(s\) \['eval'\]; write `eval: {}`"):
+        load_config(params, "pascal")
+
+
+def test_an_override_may_add_a_defaults_key_to_a_preset_section(params):
+    cfg = load_config(params, "embedded", "deeplab", overrides={"presets.embedded.deeplab.steps": 7})
+    assert cfg.train.steps == 7 and params["presets"]["embedded"]["deeplab"] == {}  # the caller's dict untouched
+
+
+def test_data_sources_are_checked_with_their_types(params):
+    from scaleprotoseg.config import data_source
+
+    params["data_sources"]["pascal"]["skip_corrupt"] = "false"
+    with pytest.raises(ConfigError, match="data_sources.pascal.skip_corrupt must be true or false"):
+        data_source(params, "pascal")
+    params["data_sources"]["pascal"]["skip_corrupt"] = False
+    params["data_sources"]["pascal"]["workers"] = 0
+    with pytest.raises(ConfigError, match="data_sources.pascal.workers must be a finite number > 0"):
+        data_source(params, "pascal")

@@ -71,7 +71,8 @@ def test_notebooks_run_the_pascal_layout_like_dvc_does(tmp_path, params):
     that names a raw VOC + Pascal-Panoptic-Parts folder."""
     raw = WRITERS["pascal"](tmp_path / "data" / "pascal")
     params = _params(params, "pascal", raw)
-    set_key(params, "experiment.methods", {"scaleprotoseg": {"after": "src/scaleprotoseg/models"}})
+    set_key(params, "experiment.methods", ["scaleprotoseg"])
+    set_key(params, "experiment.groups", [])
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     art, rep = tmp_path / "artifacts", tmp_path / "reports"

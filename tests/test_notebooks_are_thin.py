@@ -13,8 +13,8 @@ NOTEBOOKS = sorted((repo_root() / "notebooks").glob("*.ipynb"))
 
 def test_one_notebook_per_stage():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == sorted(names) and len(names) == 7
-    assert [n[:2] for n in names] == ["10", "20", "30", "40", "50", "60", "70"]
+    assert names == sorted(names) and len(names) == 8
+    assert [n[:2] for n in names] == ["10", "20", "30", "35", "40", "50", "60", "70"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -43,7 +43,7 @@ def grad_owners(model):
 ])
 def test_each_phase_trains_exactly_its_parameters(params, method, phase):
     model, cfg = small_model(params, method)
-    spec = phase_spec(model, phase, cfg.train)
+    spec = phase_spec(model, phase, cfg)
     model.train()
     x = torch.randn(2, 3, 40, 40)
     y = torch.randint(0, 3, (2, 40, 40))
@@ -62,7 +62,7 @@ def test_joint_phase_learning_rates_and_weight_decay_follow_the_paper(params):
     cfg = load_config(params, dataset="pascal", method="scaleprotoseg")
     with torch.device("meta"):
         model = build_for(cfg, 21, offline=True)
-    spec = phase_spec(model, "joint", cfg.train)
+    spec = phase_spec(model, "joint", cfg)
     by_param = {id(p): (g["lr"], g["weight_decay"]) for g in spec.groups for p in g["params"]}
     assert by_param[id(model.prototypes.vectors)] == (2.5e-4, 0.0)
     assert by_param[id(model.aspp.branches[0].weight)] == (2.5e-4, 5e-4)
@@ -70,9 +70,9 @@ def test_joint_phase_learning_rates_and_weight_decay_follow_the_paper(params):
     bn = [p for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
     assert bn and not any(id(p) in by_param for p in bn)  # frozen BatchNorm is in no optimiser group
     assert spec.poly_power == 0.9 and cfg.train.batch_size * cfg.train.accumulation == 10
-    warm = phase_spec(model, "warmup", cfg.train)
+    warm = phase_spec(model, "warmup", cfg)
     assert warm.poly_power == 0.0 and len(warm.groups) == 2
-    fine = phase_spec(model, "finetune", cfg.train)
+    fine = phase_spec(model, "finetune", cfg)
     assert fine.groups[0]["lr"] == 1e-5 and fine.groups[0]["params"] == [model.last_layer]
 
 
@@ -112,34 +112,40 @@ def test_paper_presets_build_model_and_optimiser(params, dataset, method):
     if method == "scaleprotoseg_groups":
         gw, gj, gl1, ent = GROUPS[dataset]
         t = cfg.train
-        assert (t.warmup_steps, t.joint_steps, t.loss_l1, t.loss_entropy, t.threshold, t.groups) == (gw, gj, gl1, ent, 0.05, 3)
+        assert (t.warmup_steps, t.joint_steps, t.loss_l1, t.loss_entropy, t.groups) == (gw, gj, gl1, ent, 3)
+        assert (t.loss_ce, t.poly_power, cfg.project.threshold) == (1.0, 0.9, 0.05)
         assert P == p_sps and tuple(model.group_head.weight.shape) == (K, 3, P // K)
-        spec = phase_spec(model, "group_joint", t)
+        spec = phase_spec(model, "group_joint", cfg)
     else:
         t = cfg.train
         assert P == (p_ps if method == "protoseg" else p_sps)
-        assert (t.warmup_steps, t.joint_steps, t.finetune_steps, t.loss_l1, t.loss_kld) == (ws, js, fs, l1, 0.25)
-        assert t.prune == (method == "protoseg")
+        pj = cfg.project
+        assert (t.warmup_steps, t.joint_steps, pj.finetune_steps, t.loss_l1, t.loss_kld) == (ws, js, fs, l1, 0.25)
+        assert (t.loss_ce, t.weight_decay, t.poly_power, t.features) == (1.0, 5e-4, 0.9, 64)
+        assert (pj.prune, pj.prune_k, pj.prune_threshold) == (method == "protoseg", 6, 3)
         assert model.prototypes.dim == 64
-        spec = phase_spec(model, "joint", t)
+        spec = phase_spec(model, "joint", cfg)
     make_optimizer("adam", spec.groups)
 
 
-@pytest.mark.parametrize("methods,match", [
-    ({"deeplab": {"after": "src/scaleprotoseg/models"}, "protoseeg": {"after": "src/scaleprotoseg/models"}}, "protoseeg"),
-    ({"scaleprotoseg_groups": {"after": "artifacts/project/scaleprotoseg"}}, "add scaleprotoseg"),
-    ({"scaleprotoseg": {"after": "artifacts/project/scaleprotoseg"}}, "experiment.methods.scaleprotoseg"),
-    (["deeplab"], "experiment.methods must map"),
+@pytest.mark.parametrize("methods,groups,match", [
+    (["deeplab", "protoseeg"], [], "experiment.methods: unknown entry 'protoseeg'"),
+    (["deeplab"], ["scaleprotoseg_groups"], "add scaleprotoseg to experiment.methods"),
+    (["deeplab", "scaleprotoseg_groups"], [], "it goes in experiment.groups"),
+    ({"deeplab": {"after": "src/scaleprotoseg/models"}}, [], "experiment.methods must be a list"),
+    (["deeplab", "deeplab"], [], "lists a method twice"),
+    ([], [], "experiment.methods is empty"),
 ])
-def test_bad_method_settings_name_the_key(params, methods, match):
+def test_bad_method_settings_name_the_key(params, methods, groups, match):
     params["experiment"]["methods"] = methods
+    params["experiment"]["groups"] = groups
     with pytest.raises(ConfigError, match=match):
         load_config(params, method="deeplab")
 
 
 def test_exponent_without_dot_gets_a_yaml_hint(params):
-    params["presets"]["embedded"]["scaleprotoseg"]["lr_last_layer"] = "1e-05"
-    with pytest.raises(ConfigError, match=r"presets.embedded.scaleprotoseg.lr_last_layer.*1.0e-5"):
+    params["presets"]["embedded"]["project_scaleprotoseg"]["lr_last_layer"] = "1e-05"
+    with pytest.raises(ConfigError, match=r"presets.embedded.project_scaleprotoseg.lr_last_layer.*1.0e-5"):
         load_config(params, method="scaleprotoseg")
 
 
@@ -155,7 +161,7 @@ def test_em_joint_trains_the_whole_unet_and_aspp_at_the_features_lr(params, meth
     cfg = load_config(params, dataset="em", method=method)
     with torch.device("meta"):
         model = build_for(cfg, 2, offline=True)
-    spec = phase_spec(model, "joint", cfg.train)
+    spec = phase_spec(model, "joint", cfg)
     by_param = {id(p): (g["lr"], g["weight_decay"]) for g in spec.groups for p in g["params"]}
     features = list(model.backbone.parameters()) + list(model.aspp.parameters())
     bn = [p for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
@@ -165,7 +171,7 @@ def test_em_joint_trains_the_whole_unet_and_aspp_at_the_features_lr(params, meth
     assert id(model.last_layer) not in by_param
     assert not cfg.model.freeze_bn and spec.poly_power == 0.9
     t = cfg.train
-    assert (t.lr_warmup_aspp, t.lr_warmup_prototypes, t.lr_last_layer) == (2.5e-4, 2.5e-4, 1e-5)
+    assert (t.lr_warmup_aspp, t.lr_warmup_prototypes, cfg.project.lr_last_layer) == (2.5e-4, 2.5e-4, 1e-5)
 
 
 @pytest.mark.parametrize("dataset,protoseg_rule", [
@@ -174,13 +180,13 @@ def test_em_joint_trains_the_whole_unet_and_aspp_at_the_features_lr(params, meth
 def test_projection_rule_per_preset(params, dataset, protoseg_rule):
     """ProtoSeg's released push.py (Pascal, Cityscapes, EM) uses any pixel of the cell; its faster
     push_optimization.py (ADE20K, COCO-Stuff) and every ScaleProtoSeg push use the nearest-downsampled cell."""
-    assert load_config(params, dataset=dataset, method="protoseg").train.projection_rule == protoseg_rule
-    assert load_config(params, dataset=dataset, method="scaleprotoseg").train.projection_rule == "nearest"
+    assert load_config(params, dataset=dataset, method="protoseg").project.rule == protoseg_rule
+    assert load_config(params, dataset=dataset, method="scaleprotoseg").project.rule == "nearest"
 
 
 def test_unknown_projection_rule_names_the_key(params):
-    params["presets"]["embedded"]["protoseg"]["projection_rule"] = "majority"
-    with pytest.raises(ConfigError, match=r"presets.embedded.protoseg.projection_rule.*nearest.*any"):
+    params["presets"]["embedded"]["project_protoseg"]["rule"] = "majority"
+    with pytest.raises(ConfigError, match=r"presets.embedded.project_protoseg.rule.*nearest.*any"):
         load_config(params, method="protoseg")
 
 
@@ -207,7 +213,7 @@ def test_stage1_logged_loss_is_ce_plus_kld_plus_l1(params, method, phase):
     t = cfg.train
     with torch.no_grad():
         model.last_layer.add_(0.3 * torch.randn_like(model.last_layer))  # make L1 clearly non-zero
-    spec = phase_spec(model, phase, t)
+    spec = phase_spec(model, phase, cfg)
     model.train()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(2, 3, 40, 40, generator=g), torch.randint(0, 3, (2, 40, 40), generator=g)

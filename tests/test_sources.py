@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from scaleprotoseg.data import sources as src
+from scaleprotoseg.data.convert import prepare_source
 from scaleprotoseg.data.prepared import PreparedDataset, read_meta
 from scaleprotoseg.errors import DataError
 
@@ -55,7 +56,7 @@ def pascal_fixture(root, palette=True):
 def test_pascal_palette_labels_are_read_as_indices_and_255_is_void(tmp_path):
     lab = pascal_fixture(tmp_path / "voc")
     source = src.scan_pascal(tmp_path / "voc")
-    meta, skipped, _, _ = src.prepare_source(source, tmp_path / "out", progress=False)
+    meta, skipped, _, _ = prepare_source(source, tmp_path / "out", progress=False)
     assert skipped == [] and meta.splits["train"] == ("2007_000001", "2007_000002") and meta.splits["val"] == ("2007_000003",)
     got = PreparedDataset(tmp_path / "out", "train").label(0)
     assert np.array_equal(got, lab)  # 1 = aeroplane (not 128), 15 = person, 255 void
@@ -71,7 +72,7 @@ def test_pascal_grayscale_aug_labels_and_train_aug_lists(tmp_path):
                                        "/JPEGImages/2007_000002.jpg /SegmentationClassAug/2007_000002.png\n")
     source = src.scan_pascal(root)
     assert source.projection_split == "project" and source.splits["project"] == ["2007_000001", "2007_000002"]
-    meta, *_ = src.prepare_source(source, tmp_path / "out", progress=False)
+    meta, *_ = prepare_source(source, tmp_path / "out", progress=False)
     assert np.array_equal(PreparedDataset(tmp_path / "out", "val").label(0), lab)
 
 
@@ -80,14 +81,14 @@ def test_missing_and_corrupt_files_are_reported_by_name(tmp_path):
     pascal_fixture(root)
     (root / "JPEGImages" / "2007_000002.jpg").unlink()
     with pytest.raises(DataError, match="2007_000002.jpg"):
-        src.prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
+        prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # nothing written
     _rgb(root / "JPEGImages" / "2007_000002.jpg")
     (root / "SegmentationClass" / "2007_000003.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"(?s)2007_000003.png.*skip_corrupt"):
-        src.prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
+        prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
-    meta, skipped, _, _ = src.prepare_source(src.scan_pascal(root), tmp_path / "out", skip_corrupt=True, progress=False)
+    meta, skipped, _, _ = prepare_source(src.scan_pascal(root), tmp_path / "out", skip_corrupt=True, progress=False)
     assert skipped == ["2007_000003"] and meta.splits["val"] == ()
 
 
@@ -102,7 +103,7 @@ def test_cityscapes_labelids_map_to_train_ids(tmp_path):
         _rgb(root / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png")
         _gray(root / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", lab)
     source = src.scan_cityscapes(root)
-    src.prepare_source(source, tmp_path / "out", progress=False)
+    prepare_source(source, tmp_path / "out", progress=False)
     got = PreparedDataset(tmp_path / "out", "train").label(0)
     assert got[5, 0] == 0 and got[0, 0] == 255 and got[1, 0] == 13 and got[2, 0] == 255 and got[3, 0] == 18
     assert source.classes[0] == "road" and len(source.classes) == 19
@@ -116,7 +117,7 @@ def test_ade20k_zero_is_void_and_classes_shift_by_one(tmp_path):
     for split in ("training", "validation"):
         _rgb(base / "images" / split / f"ADE_{split}_00000001.jpg")
         _gray(base / "annotations" / split / f"ADE_{split}_00000001.png", lab)
-    src.prepare_source(src.scan_ade20k(tmp_path / "ade"), tmp_path / "out", progress=False)
+    prepare_source(src.scan_ade20k(tmp_path / "ade"), tmp_path / "out", progress=False)
     got = PreparedDataset(tmp_path / "out", "val").label(0)
     assert got[0, 0] == 255 and got[5, 0] == 0 and got[0, 9] == 149
 
@@ -133,7 +134,7 @@ def test_folder_dataset_with_declared_values_void_and_seeded_split(tmp_path):
     a = src.scan_folder(root, seed=1)
     b = src.scan_folder(root, seed=1)
     assert a.splits == b.splits and len(a.splits["val"]) == 1 and len(a.splits["train"]) == 4
-    src.prepare_source(a, tmp_path / "out", progress=False)
+    prepare_source(a, tmp_path / "out", progress=False)
     got = PreparedDataset(tmp_path / "out", "train").label(0)
     assert got[0, 0] == 255 and got[2, 0] == 0 and got[5, 0] == 1
     # an image without a mask is named
@@ -174,9 +175,11 @@ def test_folder_dataset_runs_through_the_stages_with_two_overrides(tmp_path, par
     set_key(params, "experiment.dataset", "folder")
     set_key(params, "data_sources.folder.root", str(root))
     tiny = {"presets.folder.data.crop": 32, "presets.folder.model.width": 4, "experiment.device": "cpu",
+            "presets.folder.project_scaleprotoseg.finetune_steps": 1,
+            **{f"presets.folder.runtime.{k}": v for k, v in {
+                "log_every": 1, "checkpoint_every": 1, "val_every": 0, "val_images": 2}.items()},
             **{f"presets.folder.scaleprotoseg.{k}": v for k, v in {
-                "features": 4, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "finetune_steps": 1,
-                "log_every": 1, "checkpoint_every": 1, "val_every": 0, "val_images": 2}.items()}}
+                "features": 4, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2}.items()}}
     for k, v in tiny.items():
         set_key(params, k, v)
     prepared = tmp_path / "artifacts" / "prepared" / "folder"
@@ -217,7 +220,7 @@ def test_cityscapes_panoptic_parts_are_decoded_into_part_masks(tmp_path):
         pp = root / "gtFinePanopticParts" / split / "ulm" / "ulm_000000_000019_gtFinePanopticParts.tif"
         pp.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(uids, mode="I").save(pp)
-    src.prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
+    prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
     ds = PreparedDataset(tmp_path / "out", "val")
     parts = ds.parts(0)
     assert parts[2, 2] == 2 and parts[4, 2] == 1 and parts[5, 4] == 0 and parts[0, 0] == 0
@@ -235,7 +238,7 @@ def test_coco_stuff_values_are_classes_and_255_is_void(tmp_path):
         _gray(root / "stuffthingmaps_trainval2017" / split / "000000000139.png", lab)
     source = src.scan_coco_stuff(root)
     assert len(source.classes) == 182
-    src.prepare_source(source, tmp_path / "out", progress=False)
+    prepare_source(source, tmp_path / "out", progress=False)
     got = PreparedDataset(tmp_path / "out", "train").label(0)
     assert got[0, 0] == 255 and got[3, 0] == 0 and got[3, 9] == 181
 
@@ -251,7 +254,7 @@ def test_em_tiff_stacks_give_a_seeded_20_10_split(tmp_path):
     a, b = src.scan_em(root, seed=42), src.scan_em(root, seed=42)
     assert a.splits == b.splits and len(a.splits["train"]) == 20 and len(a.splits["val"]) == 10
     assert src.scan_em(root, seed=7).splits != a.splits
-    src.prepare_source(a, tmp_path / "out", progress=False)
+    prepare_source(a, tmp_path / "out", progress=False)
     ds = PreparedDataset(tmp_path / "out", "val")
     k = int(ds.ids[0].split("_")[1])
     assert np.array_equal(ds.label(0), (np.asarray(labs[k]) == 255).astype(np.uint8))
@@ -278,7 +281,7 @@ def test_voc_test_export_writes_palette_pngs_in_the_server_layout(tmp_path, para
     (root / "ImageSets" / "Segmentation" / "test.txt").write_text("2008_000009\n")
     source = src.scan_pascal(root)
     assert source.splits["test"] == ["2008_000009"]
-    src.prepare_source(source, tmp_path / "prep", progress=False)
+    prepare_source(source, tmp_path / "prep", progress=False)
     model, cfg = _tiny_model(params, "pascal", 21)
     info = export_test_predictions(model, tmp_path / "prep", cfg.data, "pascal", tmp_path / "out", "cpu", progress=False)
     path = tmp_path / "out" / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls" / "2008_000009.png"
@@ -297,7 +300,7 @@ def test_cityscapes_test_export_writes_label_ids(tmp_path, params):
         _rgb(root / "leftImg8bit" / split / "ulm" / "ulm_000000_000019_leftImg8bit.png")
         _gray(root / "gtFine" / split / "ulm" / "ulm_000000_000019_gtFine_labelIds.png", np.full((8, 10), 7))
     _rgb(root / "leftImg8bit" / "test" / "berlin" / "berlin_000001_000019_leftImg8bit.png", h=16, w=32)
-    src.prepare_source(src.scan_cityscapes(root), tmp_path / "prep", progress=False)
+    prepare_source(src.scan_cityscapes(root), tmp_path / "prep", progress=False)
     model, cfg = _tiny_model(params, "cityscapes", 19)
     info = export_test_predictions(model, tmp_path / "prep", cfg.data, "cityscapes", tmp_path / "out", "cpu", progress=False)
     path = tmp_path / "out" / "berlin" / "berlin_000001_000019_pred_labelIds.png"
@@ -329,7 +332,7 @@ def test_pascal_panoptic_parts_are_folded_per_class_with_the_spec(tmp_path):
     (root / "parts.yaml").write_text(PPP_SPEC)
     source = src.scan_pascal(root)
     assert source.parts["aeroplane"] == ("body", "engine", "wheel") and "bicycle" not in source.parts
-    src.prepare_source(source, tmp_path / "out", progress=False)
+    prepare_source(source, tmp_path / "out", progress=False)
     val = PreparedDataset(tmp_path / "out", "val")
     p = val.parts(0)
     expect = np.zeros((8, 10), np.uint8)
@@ -357,13 +360,13 @@ def test_preparation_is_incremental_and_keeps_jpegs_as_they_are(tmp_path):
     root = tmp_path / "voc"
     pascal_fixture(root)
     out = tmp_path / "out"
-    first = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    first = prepare_source(src.scan_pascal(root), out, progress=False)
     assert (first.converted, first.reused) == (3, 0)
     # JPEG sources are stored byte for byte, and read back as the same pixels
     jpg = root / "JPEGImages" / "2007_000001.jpg"
     assert (out / "images" / "2007_000001.jpg").read_bytes() == jpg.read_bytes()
     assert np.array_equal(PreparedDataset(out, "train").image(0), src.read_image(jpg))
-    again = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    again = prepare_source(src.scan_pascal(root), out, progress=False)
     assert (again.converted, again.reused) == (0, 3)
     # one changed label is re-converted, and only that one; the output follows the new file
     lab = np.zeros((8, 10), np.uint8)
@@ -371,12 +374,12 @@ def test_preparation_is_incremental_and_keeps_jpegs_as_they_are(tmp_path):
     _palette(root / "SegmentationClass" / "2007_000002.png", lab)
     st = (root / "SegmentationClass" / "2007_000002.png").stat()
     os.utime(root / "SegmentationClass" / "2007_000002.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    third = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    third = prepare_source(src.scan_pascal(root), out, progress=False)
     assert (third.converted, third.reused) == (1, 2)
     assert np.array_equal(PreparedDataset(out, "train").label(1), lab)
     # a prepared folder whose files were deleted by hand is rebuilt rather than trusted
     (out / "labels" / "2007_000003.png").unlink()
-    fourth = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    fourth = prepare_source(src.scan_pascal(root), out, progress=False)
     assert (fourth.converted, fourth.reused) == (1, 2)
     assert PreparedDataset(out, "val").label(0).shape == (8, 10)
     # a file every sample's conversion depends on (the parts spec appears) re-converts everything
@@ -384,7 +387,7 @@ def test_preparation_is_incremental_and_keeps_jpegs_as_they_are(tmp_path):
     tif.parent.mkdir(parents=True)
     Image.fromarray(np.full((8, 10), 100101, np.int32), mode="I").save(tif)
     (root / "parts.yaml").write_text(PPP_SPEC)
-    fifth = src.prepare_source(src.scan_pascal(root), out, progress=False)
+    fifth = prepare_source(src.scan_pascal(root), out, progress=False)
     assert (fifth.converted, fifth.reused) == (3, 0) and PreparedDataset(out, "val").parts(0).max() == 1
 
 
@@ -394,7 +397,7 @@ def test_rgb_png_sources_are_kept_byte_for_byte_and_others_are_encoded(tmp_path)
     _gray(root / "gtFine" / "train" / "ulm" / "ulm_000000_000019_gtFine_labelIds.png", np.full((8, 10), 7))
     _rgb(root / "leftImg8bit" / "val" / "ulm" / "ulm_000001_000019_leftImg8bit.png", seed=1)
     _gray(root / "gtFine" / "val" / "ulm" / "ulm_000001_000019_gtFine_labelIds.png", np.full((8, 10), 7))
-    src.prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
+    prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
     raw = root / "leftImg8bit" / "train" / "ulm" / "ulm_000000_000019_leftImg8bit.png"
     assert (tmp_path / "out" / "images" / "train_ulm_000000_000019.png").read_bytes() == raw.read_bytes()
     # a grayscale folder image is decoded to RGB and written as a new PNG
@@ -404,7 +407,7 @@ def test_rgb_png_sources_are_kept_byte_for_byte_and_others_are_encoded(tmp_path)
     _gray(root / "images" / "b.png", np.arange(80).reshape(8, 10))
     _gray(root / "masks" / "b.png", np.zeros((8, 10)))
     (root / "classes.json").write_text(json.dumps({"names": ["x"]}))
-    src.prepare_source(src.scan_folder(root), tmp_path / "out2", progress=False)
+    prepare_source(src.scan_folder(root), tmp_path / "out2", progress=False)
     ds = PreparedDataset(tmp_path / "out2", "train")
     img = ds.image(0)
     assert img.shape == (8, 10, 3) and np.array_equal(img[..., 0], np.arange(80).reshape(8, 10))
@@ -527,7 +530,7 @@ def test_uids_that_fit_no_format_are_reported_with_their_file(tmp_path):
     uids[0, 0] = 555
     _uid_tif(bad, uids)
     with pytest.raises(DataError, match=rf"{bad.name}: values \[555\]"):
-        src.prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
+        prepare_source(src.scan_cityscapes(root), tmp_path / "out", progress=False)
 
 
 def test_part_ids_not_declared_for_their_class_are_reported_with_their_file(tmp_path):
@@ -552,7 +555,7 @@ def test_part_ids_not_declared_for_their_class_are_reported_with_their_file(tmp_
         uids[0, 0] = uid
         _uid_tif(tif, uids)
         with pytest.raises(DataError, match=rf"(?s)2007_000003\.tif: 1 \(semantic id, part id\).*parts\.yaml: {what}"):
-            src.prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
+            prepare_source(src.scan_pascal(root), tmp_path / "out", progress=False)
 
 
 def _folder_with_parts(root, parts_json=None):
@@ -584,7 +587,7 @@ def test_folder_dataset_with_part_masks_is_prepared_with_its_parts(tmp_path):
     source = src.scan_folder(tmp_path / "mine")
     assert source.parts == {"box": ("top", "bottom")} and source.files["f0"][2].name == "f0.png"
     assert source.files["f4"][2] is None
-    meta, *_ = src.prepare_source(source, tmp_path / "out", progress=False)
+    meta, *_ = prepare_source(source, tmp_path / "out", progress=False)
     assert meta.parts == {"box": ("top", "bottom")} and read_meta(tmp_path / "out").has_parts
     for split in ("train", "val"):
         ds = PreparedDataset(tmp_path / "out", split)
@@ -603,7 +606,7 @@ def test_folder_parts_that_do_not_fit_the_classes_file_are_refused(tmp_path):
     root = tmp_path / "c"
     _folder_with_parts(root, {"box": ["whole"]})
     with pytest.raises(DataError, match=r"(?s)parts/f\d\.png: part values larger.*box: value 2 \(its parts: 1\.\.1\)"):
-        src.prepare_source(src.scan_folder(root), tmp_path / "out", progress=False)
+        prepare_source(src.scan_folder(root), tmp_path / "out", progress=False)
     root = tmp_path / "d"
     _folder_with_parts(root)
     part = np.asarray(Image.open(root / "parts" / "f1.png")).copy()
@@ -611,7 +614,7 @@ def test_folder_parts_that_do_not_fit_the_classes_file_are_refused(tmp_path):
     part[lab == 30] = 1
     _gray(root / "parts" / "f1.png", part)
     with pytest.raises(DataError, match=r"parts/f1\.png: .*stripe: value 1 \(it has no parts\)"):
-        src.prepare_source(src.scan_folder(root), tmp_path / "out", progress=False)
+        prepare_source(src.scan_folder(root), tmp_path / "out", progress=False)
     # a part mask without an image; part masks without a `parts` entry
     _gray(root / "parts" / "ghost.png", np.zeros((4, 4)))
     with pytest.raises(DataError, match=r"part masks have no image in images/: \['ghost'\]"):

@@ -82,12 +82,13 @@ PROTO_TINY = {
     "presets.embedded.data.crop": 32,
     "presets.embedded.model.width": 4,
     "experiment.device": "cpu",
+    "presets.embedded.project_scaleprotoseg.finetune_steps": 2,
+    **{f"presets.embedded.runtime.{k}": v for k, v in {
+        "log_every": 1, "checkpoint_every": 2, "val_every": 0, "val_images": 2}.items()},
     **{f"presets.embedded.scaleprotoseg.{k}": v for k, v in {
-        "features": 4, "batch_size": 2, "warmup_steps": 2, "joint_steps": 4, "finetune_steps": 2, "log_every": 1,
-        "checkpoint_every": 2, "val_every": 0, "val_images": 2}.items()},
+        "features": 4, "batch_size": 2, "warmup_steps": 2, "joint_steps": 4}.items()},
     **{f"presets.embedded.scaleprotoseg_groups.{k}": v for k, v in {
-        "batch_size": 2, "warmup_steps": 2, "joint_steps": 2, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
-        "val_images": 2}.items()},
+        "batch_size": 2, "warmup_steps": 2, "joint_steps": 2}.items()},
 }
 
 
@@ -121,7 +122,7 @@ def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset,
     ginfo = project(gcfg, tiny_dataset, tmp_path / "gt", tmp_path / "gp", progress=False)
     grouped, _, _ = load_model(tmp_path / "gp" / "model.pt")
     w = grouped.group_head.weight[grouped.group_head.valid_weights()]
-    assert ((w == 0) | (w >= gcfg.train.threshold)).all()
+    assert ((w == 0) | (w >= gcfg.project.threshold)).all()
     assert ginfo["prototypes_used"] <= ginfo["prototypes"]
     assert grouped.group_head.num_prototypes == grouped.prototypes.num_prototypes == model.prototypes.num_prototypes
     # the stage-1 parts of the grouped model are exactly the projected scaleprotoseg model's

@@ -48,3 +48,12 @@ def read_curves(dvclive_dir: Path) -> dict[str, pd.DataFrame]:
     """DVCLive's step-wise TSV files as DataFrames, keyed by metric name (e.g. train/loss)."""
     base = Path(dvclive_dir) / "plots" / "metrics"
     return {str(p.relative_to(base).with_suffix("")): pd.read_csv(p, sep="\t") for p in sorted(base.rglob("*.tsv"))}
+
+
+def curves_table(dvclive_dir: Path) -> pd.DataFrame:
+    """The DVCLive curves as one table: a column per metric (e.g. `joint/loss`, `val/miou`), a row per step."""
+    curves = read_curves(dvclive_dir)
+    if not curves:
+        return pd.DataFrame()
+    cols = {name: df.set_index("step")[df.columns[-1]] for name, df in curves.items()}
+    return pd.DataFrame(cols).sort_index()

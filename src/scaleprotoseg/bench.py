@@ -18,25 +18,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from .config import GroupTrainConfig, ModelConfig, PrototypeTrainConfig
+from .config import GroupTrainConfig, ModelConfig, ProjectConfig, PrototypeTrainConfig
 from .evaluation import evaluate
 from .losses import msc_mean, pixel_cross_entropy
 from .models.build import build_model
 from .training.loop import make_optimizer
 from .training.phases import group_loss, phase_spec, stage1_loss
 
-PROTO = dict(features=64, batch_size=2, accumulation=1, warmup_steps=1, joint_steps=1, finetune_steps=1,
+PROTO = dict(features=64, batch_size=2, accumulation=1, warmup_steps=1, joint_steps=1,
              lr_warmup_aspp=1e-4, lr_warmup_prototypes=1e-4, lr_joint_trunk=1e-5, lr_joint_aspp=1e-4,
-             lr_joint_prototypes=1e-4, lr_last_layer=1e-5, weight_decay=5e-4, poly_power=0.9, loss_ce=1.0,
-             loss_kld=0.25, loss_l1=1e-4, prune=False, prune_k=6, prune_threshold=3, log_every=1,
-             checkpoint_every=1, val_every=0, val_images=0)
+             lr_joint_prototypes=1e-4, weight_decay=5e-4, poly_power=0.9, loss_ce=1.0, loss_kld=0.25, loss_l1=1e-4)
 GROUP = dict(groups=3, batch_size=2, accumulation=1, warmup_steps=1, joint_steps=1, lr_warmup_groups=1e-4,
-             lr_joint_groups=1e-4, lr_joint_head=1e-4, poly_power=0.9, loss_ce=1.0, loss_l1=1e-3,
-             loss_entropy=0.05, threshold=0.05, log_every=1, checkpoint_every=1, val_every=0, val_images=0)
+             lr_joint_groups=1e-4, lr_joint_head=1e-4, poly_power=0.9, loss_ce=1.0, loss_l1=1e-3, loss_entropy=0.05)
+# the fine-tuning phase reads the project stage's section
+FINETUNE = ProjectConfig(rule="nearest", finetune_steps=1, lr_last_layer=1e-5, prune=False, prune_k=6, prune_threshold=3)
 
 
 def _models(backbone: str, num_classes: int, protoseg_per_class: int, width: int):
@@ -64,7 +64,7 @@ def _step_fn(method, model, cfg, deeplab_optimizer="adam", phase=None):
             return msc_mean(pixel_cross_entropy, m(x), y)
     else:
         phase = phase or ("group_joint" if method == "scaleprotoseg_groups" else "joint")
-        opt = make_optimizer("adam", phase_spec(model, phase, cfg).groups)
+        opt = make_optimizer("adam", phase_spec(model, phase, SimpleNamespace(train=cfg, project=FINETUNE)).groups)
         loss_fn = group_loss(cfg) if phase.startswith("group") else stage1_loss(cfg)
     project = method == "scaleprotoseg_groups"
 

@@ -1,10 +1,15 @@
-"""Configuration: params.yaml → frozen dataclasses, with every key checked.
+"""Configuration: params.yaml → frozen dataclasses, with every key checked — the one place that validates
+parameters.
 
 params.yaml is the only place a number is written. `load_config(params, dataset, method)` resolves the
-`experiment` section, the dataset's preset (`presets.<dataset>`: data, model, eval and one training
-section per method) and returns a `RunConfig`. Unknown keys, missing keys, wrong types and out-of-range
-values raise `ConfigError` naming the full key (e.g. `presets.embedded.deeplab.steps`) and the fix.
-Below this module no function reads YAML, environment variables or the working directory.
+`experiment` section and, for the dataset's preset, every section as `defaults.<section>` with
+`presets.<dataset>.<section>` on top, and returns a `RunConfig`. Unknown keys, missing keys, wrong types and
+out-of-range values raise `ConfigError` naming the full key (e.g. `presets.embedded.deeplab.steps`) and the
+fix. Below this module no function reads YAML, environment variables or the working directory.
+
+Sections and who reads them: `data`, `model`, `<method>` (training), `project_<method>` (the project stage
+only: projection, fine-tuning, pruning, the groups' threshold), `eval`, and `runtime` (how a run is carried
+out — logging, checkpoint and validation intervals, workers — never part of a fingerprint).
 """
 
 from __future__ import annotations
@@ -13,8 +18,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,200 +25,29 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ConfigError
+from .schema import build, check_keys, section, typed
+from .sections import (  # noqa: F401 (re-exported: the section dataclasses are part of this module's API)
+    PROJECTION_RULES,
+    DataConfig,
+    DataSourceConfig,
+    EmbeddedConfig,
+    EvalConfig,
+    GroupTrainConfig,
+    ModelConfig,
+    NoProjectConfig,
+    ProjectConfig,
+    PrototypeTrainConfig,
+    RuntimeConfig,
+    ThresholdConfig,
+    TrainConfig,
+)
 
-METHODS = ("deeplab", "protoseg", "scaleprotoseg", "scaleprotoseg_groups")
+STAGE1_METHODS = ("deeplab", "protoseg", "scaleprotoseg")  # trained from the backbone
+GROUP_METHODS = ("scaleprotoseg_groups",)  # ScaleProtoSeg's stage 2
+METHODS = STAGE1_METHODS + GROUP_METHODS
 PROTOTYPE_METHODS = ("protoseg", "scaleprotoseg", "scaleprotoseg_groups")
-# Training of a method starts either from the backbone's initialisation or from another method's projected
-# model; dvc.yaml reads this (experiment.methods.<m>.after) as the dependency of train@<m>.
-STARTS_FROM = {"scaleprotoseg_groups": "scaleprotoseg"}
-INIT_DEP = "src/scaleprotoseg/models"
-
-
-def after_dependency(method: str) -> str:
-    """The path train@<method> depends on besides the data: its starting model."""
-    start = STARTS_FROM.get(method)
-    return f"artifacts/project/{start}" if start else INIT_DEP
+STARTS_FROM = {"scaleprotoseg_groups": "scaleprotoseg"}  # its training starts from that method's projected model
 DEVICES = ("auto", "cpu", "cuda")
-BACKBONES = ("resnet101", "small", "unet")
-OPTIMIZERS = ("sgd", "adam")
-PROJECTION_RULES = ("nearest", "any")
-
-
-# --------------------------------------------------------------------------------------------------------
-# dataclasses (one per params section)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the prepared dataset lives and how images are augmented and evaluated."""
-
-    crop: int  # training crop side (pixels)
-    scale_range: tuple[float, float]  # random rescale factor ~ U(lo, hi) before cropping
-    flip: bool  # random horizontal flip in training
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    eval_size: tuple[int, int] | None = None  # resize inputs to (H, W) for evaluation (Pascal: 513×513)
-    eval_short_side: int | None = None  # or resize the shorter side (ADE20K: 512); None = native size
-    num_workers: int = 0
-
-    def check(self, where: str) -> None:
-        _positive(self.crop, f"{where}.crop")
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ConfigError(f"{where}.scale_range must be [lo, hi] with 0 < lo <= hi, got {list(self.scale_range)}.")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"{where}.std must be positive, got {list(self.std)}.")
-        if self.eval_size is not None and min(self.eval_size) <= 0:
-            raise ConfigError(f"{where}.eval_size must be null or two positive ints, got {self.eval_size}.")
-        if self.eval_size is not None and self.eval_short_side is not None:
-            raise ConfigError(f"{where}: set at most one of eval_size and eval_short_side.")
-        if self.eval_short_side is not None:
-            _positive(self.eval_short_side, f"{where}.eval_short_side")
-        _non_negative(self.num_workers, f"{where}.num_workers")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Backbone and ASPP. `resnet101` is the paper's DeepLab-v2 trunk; `small` is the CPU default."""
-
-    backbone: str
-    width: int  # channels of the first stage of the `small` backbone (ignored by resnet101)
-    pretrained: bool  # ImageNet weights for resnet101 (needs a download or pretrained_path)
-    pretrained_path: str | None
-    aspp_rates: tuple[int, ...]
-    freeze_bn: bool  # BatchNorm frozen to its (ImageNet) statistics, as in the paper
-    msc_scales: tuple[float, ...] = ()  # extra input scales for multi-scale inputs (Pascal: 0.5, 0.75)
-
-    def check(self, where: str) -> None:
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"{where}.backbone is {self.backbone!r}; choose one of {list(BACKBONES)}.")
-        _positive(self.width, f"{where}.width")
-        if not self.aspp_rates or any(r <= 0 for r in self.aspp_rates):
-            raise ConfigError(f"{where}.aspp_rates must be a non-empty list of positive ints, got {self.aspp_rates}.")
-        if any(not 0 < s < 1 for s in self.msc_scales):
-            raise ConfigError(f"{where}.msc_scales must lie in (0, 1), got {list(self.msc_scales)}.")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One supervised training schedule (DeepLab). Steps count mini-batches, as the paper's configs do."""
-
-    steps: int
-    batch_size: int
-    accumulation: int  # optimiser update every `accumulation` mini-batches
-    optimizer: str  # sgd | adam
-    lr: float  # trunk learning rate
-    head_lr_mult: float  # ASPP learning rate = lr × this (DeepLab's 10×)
-    weight_decay: float
-    momentum: float  # SGD only
-    poly_power: float  # lr_t = lr·(1 − t/T)^power over optimiser updates; 0 = constant
-    log_every: int
-    checkpoint_every: int  # resume checkpoint every N mini-batches
-    val_every: int  # validation mIoU every N mini-batches; 0 = only at the end
-    val_images: int  # how many validation images the in-training validation uses (0 = all)
-
-    def check(self, where: str) -> None:
-        _positive(self.steps, f"{where}.steps")
-        _positive(self.batch_size, f"{where}.batch_size")
-        _positive(self.accumulation, f"{where}.accumulation")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"{where}.optimizer is {self.optimizer!r}; choose one of {list(OPTIMIZERS)}.")
-        _positive(self.lr, f"{where}.lr")
-        _positive(self.head_lr_mult, f"{where}.head_lr_mult")
-        _non_negative(self.weight_decay, f"{where}.weight_decay")
-        _non_negative(self.momentum, f"{where}.momentum")
-        _non_negative(self.poly_power, f"{where}.poly_power")
-        _positive(self.log_every, f"{where}.log_every")
-        _positive(self.checkpoint_every, f"{where}.checkpoint_every")
-        _non_negative(self.val_every, f"{where}.val_every")
-        _non_negative(self.val_images, f"{where}.val_images")
-
-
-@dataclass(frozen=True)
-class PrototypeTrainConfig:
-    """ProtoSeg / ScaleProtoSeg stage 1 (docs/method.md §3–§5): warm-up → joint → (projection) →
-    last-layer fine-tuning, plus ProtoSeg's optional pruning. Steps count mini-batches; learning rates are
-    per optimiser group, as in the paper's configs."""
-
-    prototypes: int  # protoseg: per class (10; 12 on ADE/COCO); scaleprotoseg: per class per scale (3)
-    features: int  # channels per ASPP branch = prototype dimension (64)
-    batch_size: int
-    accumulation: int
-    warmup_steps: int  # ASPP + prototypes, trunk frozen, constant LR
-    joint_steps: int  # + trunk, poly schedule over optimiser updates
-    finetune_steps: int  # last layer only, after projection
-    lr_warmup_aspp: float
-    lr_warmup_prototypes: float
-    lr_joint_trunk: float
-    lr_joint_aspp: float
-    lr_joint_prototypes: float
-    lr_last_layer: float
-    weight_decay: float  # on trunk and ASPP (never on prototypes or the last layer)
-    poly_power: float
-    loss_ce: float
-    loss_kld: float
-    loss_l1: float  # on the off-class weights of the last layer
-    prune: bool  # protoseg only: prune by k nearest patches, then fine-tune the last layer again
-    prune_k: int
-    prune_threshold: int
-    log_every: int
-    checkpoint_every: int
-    val_every: int
-    val_images: int
-    # Which feature cells a prototype may be projected onto: "nearest" (the cell's nearest-downsampled label
-    # is its class; ScaleProtoSeg, ProtoSeg on ADE20K/COCO-Stuff) or "any" (any full-resolution label pixel
-    # in the cell is its class; the released ProtoSeg push on Pascal VOC, Cityscapes and EM).
-    projection_rule: str = "nearest"
-
-    def check(self, where: str) -> None:
-        if self.projection_rule not in PROJECTION_RULES:
-            raise ConfigError(f"{where}.projection_rule is {self.projection_rule!r}; choose one of {list(PROJECTION_RULES)}.")
-        for k in ("prototypes", "features", "batch_size", "accumulation", "log_every", "checkpoint_every",
-                  "prune_k", "lr_warmup_aspp", "lr_warmup_prototypes", "lr_joint_trunk", "lr_joint_aspp",
-                  "lr_joint_prototypes", "lr_last_layer"):
-            _positive(getattr(self, k), f"{where}.{k}")
-        for k in ("warmup_steps", "joint_steps", "finetune_steps", "weight_decay", "poly_power", "loss_ce",
-                  "loss_kld", "loss_l1", "val_every", "val_images", "prune_threshold"):
-            _non_negative(getattr(self, k), f"{where}.{k}")
-        if self.warmup_steps + self.joint_steps == 0:
-            raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
-        if self.prune_threshold > self.prune_k:
-            raise ConfigError(f"{where}.prune_threshold ({self.prune_threshold}) cannot exceed prune_k ({self.prune_k}).")
-
-
-@dataclass(frozen=True)
-class GroupTrainConfig:
-    """ScaleProtoSeg stage 2 (method.md §2.7, §4): sparse groups on top of the projected stage-1 model."""
-
-    groups: int  # groups per class (3)
-    batch_size: int
-    accumulation: int
-    warmup_steps: int  # group weights only, constant LR
-    joint_steps: int  # group weights + group head, poly schedule
-    lr_warmup_groups: float
-    lr_joint_groups: float
-    lr_joint_head: float
-    poly_power: float
-    loss_ce: float
-    loss_l1: float  # on the off-class weights of the group head
-    loss_entropy: float  # normalised entropy of the group-weight rows
-    threshold: float  # group weights below this are zeroed before evaluation (no renormalisation)
-    log_every: int
-    checkpoint_every: int
-    val_every: int
-    val_images: int
-
-    def check(self, where: str) -> None:
-        for k in ("groups", "batch_size", "accumulation", "log_every", "checkpoint_every", "lr_warmup_groups",
-                  "lr_joint_groups", "lr_joint_head"):
-            _positive(getattr(self, k), f"{where}.{k}")
-        for k in ("warmup_steps", "joint_steps", "poly_power", "loss_ce", "loss_l1", "loss_entropy", "val_every",
-                  "val_images"):
-            _non_negative(getattr(self, k), f"{where}.{k}")
-        if self.warmup_steps + self.joint_steps == 0:
-            raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
-        if not 0 <= self.threshold < 1:
-            raise ConfigError(f"{where}.threshold must lie in [0, 1), got {self.threshold!r}.")
 
 
 TRAIN_SECTIONS = {
@@ -224,18 +56,13 @@ TRAIN_SECTIONS = {
     "scaleprotoseg": PrototypeTrainConfig,
     "scaleprotoseg_groups": GroupTrainConfig,
 }
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    batch_size: int
-    n_examples: int  # predictions shown beside ground truth in the evaluation report
-    max_images: int  # 0 = the whole validation split
-
-    def check(self, where: str) -> None:
-        _positive(self.batch_size, f"{where}.batch_size")
-        _non_negative(self.n_examples, f"{where}.n_examples")
-        _non_negative(self.max_images, f"{where}.max_images")
+PROJECT_SECTIONS = {
+    "deeplab": NoProjectConfig,
+    "protoseg": ProjectConfig,
+    "scaleprotoseg": ProjectConfig,
+    "scaleprotoseg_groups": ThresholdConfig,
+}
+PRESET_SECTIONS = ("data", "model", "runtime", *METHODS, *(f"project_{m}" for m in METHODS), "eval")
 
 
 @dataclass(frozen=True)
@@ -249,21 +76,23 @@ class RunConfig:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig | PrototypeTrainConfig | GroupTrainConfig
+    project: NoProjectConfig | ProjectConfig | ThresholdConfig
     eval: EvalConfig
+    runtime: RuntimeConfig
     extra: dict = field(default_factory=dict)  # the dataset's generator section (embedded), for checks
     start: "RunConfig | None" = None  # the method this one starts from (scaleprotoseg_groups: scaleprotoseg)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named sections (all when none) and of the package's source code, to tell
-        whether a resume state or a finished phase belongs to this run: a changed config or changed code
-        starts afresh."""
+    def fingerprint(self, sections: tuple[str, ...], code: str) -> str:
+        """A short hash of the named sections and of `code` (the version of the code that computes them,
+        `deps.code_version`): whether a resume state or a finished phase belongs to this run."""
         d = self.to_dict()
-        if sections:
-            d = {k: d[k] for k in sections}
-        d["__code__"] = code_version()
+        d = {k: d[k] for k in sections}
+        if d.get("start"):  # the start model's own run-time knobs are not part of what it computed either
+            d["start"] = {k: v for k, v in d["start"].items() if k != "runtime"}
+        d["__code__"] = code
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @staticmethod
@@ -274,23 +103,15 @@ class RunConfig:
             method=d["method"],
             seed=d["seed"],
             device=d["device"],
-            data=_build(DataConfig, d["data"], "data"),
-            model=_build(ModelConfig, d["model"], "model"),
-            train=_build(TRAIN_SECTIONS[d["method"]], d["train"], "train"),
-            eval=_build(EvalConfig, d["eval"], "eval"),
+            data=build(DataConfig, d["data"], "data"),
+            model=build(ModelConfig, d["model"], "model"),
+            train=build(TRAIN_SECTIONS[d["method"]], d["train"], "train"),
+            project=build(PROJECT_SECTIONS[d["method"]], d["project"], "project"),
+            eval=build(EvalConfig, d["eval"], "eval"),
+            runtime=build(RuntimeConfig, d["runtime"], "runtime"),
             extra=dict(d.get("extra", {})),
             start=RunConfig.from_dict(d["start"]) if d.get("start") else None,
         )
-
-
-def code_version() -> str:
-    """A hash of every .py file of the package (what a resumed run must share with the run it continues)."""
-    h = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -311,15 +132,19 @@ def read_params(path: str | Path) -> dict:
 
 
 def set_key(params: dict, dotted: str, value: Any) -> None:
-    """Set `a.b.c = value` in a nested dict (as `dvc exp run -S a.b.c=value` does)."""
+    """Set `a.b.c = value` in a nested dict (as `dvc exp run -S a.b.c=value` does). A preset section may
+    gain any key that `defaults` has in that section."""
     node = params
     keys = dotted.split(".")
     for k in keys[:-1]:
         if not isinstance(node.get(k), dict):
             raise ConfigError(f"Override {dotted!r}: {k!r} is not a section of params.yaml.")
         node = node[k]
-    if keys[-1] not in node:
-        raise ConfigError(f"Override {dotted!r}: no key {keys[-1]!r}; valid: {sorted(node)}.")
+    valid = set(node)
+    if len(keys) == 4 and keys[0] == "presets":
+        valid |= set(((params.get("defaults") or {}).get(keys[2]) or {}))
+    if keys[-1] not in valid:
+        raise ConfigError(f"Override {dotted!r}: no key {keys[-1]!r}; valid: {sorted(valid)}.")
     node[keys[-1]] = value
 
 
@@ -333,63 +158,94 @@ def load_config(
     params = copy.deepcopy(dict(params)) if isinstance(params, Mapping) else read_params(params)
     for key, value in (overrides or {}).items():
         set_key(params, key, value)
-    exp = _section(params, "experiment")
+    exp = section(params, "experiment")
     dataset = dataset or exp.get("dataset")
-    presets = _section(params, "presets")
+    presets = section(params, "presets")
     if dataset not in presets:
-        raise ConfigError(
-            f"Unknown dataset {dataset!r} (experiment.dataset); presets exist for {sorted(presets)}."
-        )
+        raise ConfigError(f"Unknown dataset {dataset!r} (experiment.dataset); presets exist for {sorted(presets)}.")
     if method not in METHODS:
-        raise ConfigError(f"Unknown method {method!r} (experiment.methods); valid methods: {list(METHODS)}.")
-    _check_keys(exp, {"dataset", "methods", "seed", "device"}, "experiment")
-    methods = method_names(params)
-    seed = _typed(exp["seed"], int, "experiment.seed")
+        raise ConfigError(f"Unknown method {method!r}; valid methods: {list(METHODS)}.")
+    check_keys(exp, {"dataset", "methods", "groups", "seed", "device"}, "experiment")
+    method_names(params)  # the fan-out is checked whichever stage runs
+    seed = typed(exp["seed"], int, "experiment.seed")
     device = exp["device"]
     if device not in DEVICES:
         raise ConfigError(f"experiment.device is {device!r}; choose one of {list(DEVICES)}.")
 
+    sections = resolved_sections(params, dataset)
     where = f"presets.{dataset}"
-    preset = _section(presets, dataset, where)
-    _check_keys(preset, {"data", "model", "eval", *METHODS}, where, required={"data", "model", "eval", method})
-    start = None
-    if method in STARTS_FROM:
-        start = load_config(params, dataset=dataset, method=STARTS_FROM[method])
-    cfg = RunConfig(
-        dataset=dataset,
-        method=method,
-        seed=seed,
-        device=device,
-        data=_build(DataConfig, preset["data"], f"{where}.data"),
-        model=_build(ModelConfig, preset["model"], f"{where}.model"),
-        train=_build(TRAIN_SECTIONS[method], preset[method], f"{where}.{method}"),
-        eval=_build(EvalConfig, preset["eval"], f"{where}.eval"),
-        extra=dict(params.get(dataset, {}) or {}),
-        start=start,
-    )
-    for name in ("data", "model", "train", "eval"):
-        key = {"train": method}.get(name, name)
-        getattr(cfg, name).check(f"{where}.{key}")
+    start = load_config(params, dataset=dataset, method=STARTS_FROM[method]) if method in STARTS_FROM else None
+    made = {}
+    for name, cls in (("data", DataConfig), ("model", ModelConfig), ("runtime", RuntimeConfig), ("eval", EvalConfig),
+                      (method, TRAIN_SECTIONS[method]), (f"project_{method}", PROJECT_SECTIONS[method])):
+        # name the key where the user wrote it: the preset when it sets this section, else defaults
+        at = f"{where}.{name}" if params["presets"][dataset][name] else f"defaults.{name}"
+        made[name] = build(cls, sections[name], at)
+        made[name].check(at)
+    cfg = RunConfig(dataset=dataset, method=method, seed=seed, device=device, data=made["data"], model=made["model"],
+                    train=made[method], project=made[f"project_{method}"], eval=made["eval"], runtime=made["runtime"],
+                    extra=dict(params.get(dataset, {}) or {}), start=start)
     _check_crop_fits(cfg, where)
     return cfg
 
 
+def resolved_sections(params: Mapping, dataset: str) -> dict[str, dict]:
+    """Every section of `dataset`'s preset: `defaults.<section>` with `presets.<dataset>.<section>` on top."""
+    defaults = section(params, "defaults")
+    preset = section(section(params, "presets"), dataset, f"presets.{dataset}")
+    check_keys(defaults, set(PRESET_SECTIONS), "defaults")
+    missing = [name for name in PRESET_SECTIONS if name not in preset]
+    if missing:
+        raise ConfigError(f"presets.{dataset}: missing section(s) {missing}; write `{missing[0]}: {{}}` for \"as in "
+                          "defaults\" (DVC tracks each section of the running preset, so every preset names them all).")
+    check_keys(preset, set(PRESET_SECTIONS), f"presets.{dataset}")
+    out = {}
+    for name in PRESET_SECTIONS:
+        base = section(defaults, name, f"defaults.{name}")
+        top = section(preset, name, f"presets.{dataset}.{name}")
+        unknown = set(top) - set(base)
+        if unknown:
+            raise ConfigError(f"presets.{dataset}.{name}: unknown key(s) {sorted(unknown)}; valid keys (from "
+                              f"defaults.{name}): {sorted(base)}.")
+        out[name] = {**base, **top}
+    return out
+
+
 def method_names(params: Mapping) -> list[str]:
-    """The methods of the fan-out, checked: `experiment.methods` maps each method to `{after: <path>}`."""
-    methods = _section(params, "experiment").get("methods")
-    example = "{deeplab: {after: %s}}" % INIT_DEP
-    if not isinstance(methods, dict) or not methods:
-        raise ConfigError(f"experiment.methods must map method names to {{after: <path>}}, e.g. {example}; got {methods!r}.")
-    for m, spec in methods.items():
-        if m not in METHODS:
-            raise ConfigError(f"Unknown method {m!r} in experiment.methods; valid methods: {list(METHODS)}.")
-        want = after_dependency(m)
-        if not isinstance(spec, dict) or spec.get("after") != want:
-            raise ConfigError(f"experiment.methods.{m} must be {{after: {want}}} (the dependency dvc.yaml gives train@{m}); got {spec!r}.")
-        start = STARTS_FROM.get(m)
-        if start and start not in methods:
-            raise ConfigError(f"experiment.methods lists {m}, which starts from {start}: add {start} to experiment.methods too.")
-    return list(methods)
+    """Every method that runs, checked: `experiment.methods` (trained from the backbone) then
+    `experiment.groups` (ScaleProtoSeg's stage 2, which needs scaleprotoseg)."""
+    exp = section(params, "experiment")
+    methods, groups = exp.get("methods"), exp.get("groups", [])
+    for key, value, allowed in (("methods", methods, STAGE1_METHODS), ("groups", groups, GROUP_METHODS)):
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            raise ConfigError(f"experiment.{key} must be a list of names from {list(allowed)}, got {value!r}.")
+        for m in value:
+            if m not in allowed:
+                hint = " (it goes in experiment.groups)" if m in GROUP_METHODS else (
+                    " (it goes in experiment.methods)" if m in STAGE1_METHODS else "")
+                raise ConfigError(f"experiment.{key}: unknown entry {m!r}{hint}; valid: {list(allowed)}.")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"experiment.{key} lists a method twice: {value}.")
+    if not methods:
+        raise ConfigError("experiment.methods is empty: list at least one of " f"{list(STAGE1_METHODS)}.")
+    for g in groups:
+        if STARTS_FROM[g] not in methods:
+            raise ConfigError(f"experiment.groups lists {g}, which starts from {STARTS_FROM[g]}: add {STARTS_FROM[g]} "
+                              "to experiment.methods (or set experiment.groups: []).")
+    return list(methods) + list(groups)
+
+
+def data_source(params: Mapping, dataset: str) -> DataSourceConfig:
+    """`data_sources.<dataset>`, checked (types included: `skip_corrupt: "false"` is refused, not read as true)."""
+    where = f"data_sources.{dataset}"
+    spec = build(DataSourceConfig, section(section(params, "data_sources"), dataset, where), where)
+    spec.check(where)
+    return spec
+
+
+def embedded_spec(params: Mapping) -> EmbeddedConfig:
+    """The `embedded` section, checked (the generator checks the combinations it needs)."""
+    return build(EmbeddedConfig, section(params, "embedded"), "embedded")
 
 
 def _check_crop_fits(cfg: RunConfig, where: str) -> None:
@@ -401,86 +257,3 @@ def _check_crop_fits(cfg: RunConfig, where: str) -> None:
                 f"{where}.data.crop ({cfg.data.crop}) is larger than the embedded images allow "
                 f"({size} px, embedded.image_size); lower the crop or raise the image size."
             )
-
-
-# --------------------------------------------------------------------------------------------------------
-# typed construction with clear errors
-
-
-def _section(parent: Mapping, key: str, where: str | None = None) -> dict:
-    where = where or key
-    if key not in parent:
-        raise ConfigError(f"params.yaml has no section {where!r}.")
-    value = parent[key]
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}.")
-    return value
-
-
-def _check_keys(d: Mapping, valid: set[str], where: str, required: set[str] | None = None) -> None:
-    unknown = set(d) - valid
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}.")
-    missing = (valid if required is None else required) - set(d)
-    if missing:
-        raise ConfigError(f"{where}: missing key(s) {sorted(missing)}; add them to params.yaml.")
-
-
-def _typed(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against a simple annotation (int, float, bool, str, tuple[...], X | None)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _typed(value, inner, where)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}.")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}.")
-        return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}.")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}.")
-        return value
-    if tp is float:
-        if isinstance(value, str) and value.strip().lower().lstrip("+-").replace(".", "", 1).replace("e", "", 1).replace("-", "", 1).isdigit():
-            raise ConfigError(f"{where} must be a number, got the text {value!r}: YAML reads exponents without a "
-                              f"decimal point as text; write e.g. 1.0e-5 instead of 1e-5.")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}.")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}.")
-        return value
-    return value
-
-
-def _build(cls: type, d: Any, where: str):
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where} must be a mapping, got {d!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    required = {n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    _check_keys(d, set(fields), where, required=required)
-    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in d.items()})
-
-
-def _positive(value: float, where: str) -> None:
-    if not value > 0:
-        raise ConfigError(f"{where} must be > 0, got {value!r}.")
-
-
-def _non_negative(value: float, where: str) -> None:
-    if value < 0:
-        raise ConfigError(f"{where} must be >= 0, got {value!r}.")

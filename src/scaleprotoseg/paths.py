@@ -1,16 +1,18 @@
-"""Locate the repository root from the package, so papermill, nbval and pytest agree on paths."""
+"""Locate the repository root from the working directory, so that papermill, nbval, pytest and
+`dvc exp run --temp` / `--queue` (which run stages in another copy of the repository) all read the params
+and write the outputs of the copy they run in — never of the checkout the package was installed from."""
 
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 
-
-def repo_root() -> Path:
-    """The repository that holds params.yaml (the package is installed editable from src/)."""
-    for candidate in PACKAGE_DIR.parents:
+def repo_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: the working directory) holding dvc.yaml and params.yaml."""
+    here = Path.cwd() if start is None else Path(start)
+    here = here.resolve()
+    for candidate in (here, *here.parents):
         if (candidate / "params.yaml").is_file() and (candidate / "dvc.yaml").is_file():
             return candidate
     raise FileNotFoundError(
-        "Could not find the repository root (a folder with params.yaml and dvc.yaml) above "
-        f"{PACKAGE_DIR.name}; install the package editable from the repository (`make setup`)."
+        f"No repository above {here} (a folder holding params.yaml and dvc.yaml): run from inside the repository "
+        "(DVC runs stages from its root; notebooks run from notebooks/)."
     )

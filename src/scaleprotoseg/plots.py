@@ -36,30 +36,6 @@ def _legend(ax, names, n):
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
 
 
-def dataset_grid(images, labels, parts, class_names, part_names=None, titles=None):
-    """Rows: image, class mask, part mask (parts shown per class with their local index)."""
-    n = len(images)
-    rows = 3 if parts is not None else 2
-    fig, axes = plt.subplots(rows, n, figsize=(2.2 * n + 1.6, 2.2 * rows), squeeze=False)
-    k = len(class_names)
-    for j in range(n):
-        axes[0, j].imshow(images[j])
-        axes[0, j].set_title(titles[j] if titles else f"sample {j}", fontsize=8)
-        axes[1, j].imshow(colourise(labels[j], k), interpolation="nearest")
-        if parts is not None:
-            axes[2, j].imshow(np.ma.masked_equal(parts[j], 0), cmap="Set1", vmin=1, vmax=9, interpolation="nearest")
-            axes[2, j].set_facecolor("white")
-    for ax in axes.flat:
-        ax.set_xticks([]), ax.set_yticks([])
-    axes[0, 0].set_ylabel("image")
-    axes[1, 0].set_ylabel("classes")
-    if parts is not None:
-        axes[2, 0].set_ylabel("parts (index within class)")
-    _legend(axes[1, -1], class_names, k)
-    fig.tight_layout()
-    return fig
-
-
 def confusion_figure(cm: np.ndarray, class_names, title: str = "Confusion matrix (row-normalised, %)"):
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(1, keepdims=True)

@@ -23,6 +23,7 @@ import torch
 
 from .config import load_config, read_params
 from .paths import repo_root
+from .training.phases import phase_steps
 
 DATASETS = ("pascal", "cityscapes", "ade20k", "coco_stuff", "em")
 METHODS = ("deeplab", "protoseg", "scaleprotoseg", "scaleprotoseg_groups")
@@ -30,10 +31,8 @@ CLASSES = {"pascal": 21, "cityscapes": 19, "ade20k": 150, "coco_stuff": 182, "em
 # (val images, projection images, typical evaluation input (H, W) when the preset evaluates at native size)
 SPLITS = {"pascal": (1449, 1464, (500, 375)), "cityscapes": (500, 2975, (1024, 2048)),
           "ade20k": (2000, 20210, (512, 683)), "coco_stuff": (5000, 118000, (480, 640)), "em": (10, 20, (512, 512))}
-PHASES = {"deeplab": (("train", "steps"),),
-          "protoseg": (("warmup", "warmup_steps"), ("joint", "joint_steps"), ("finetune", "finetune_steps")),
-          "scaleprotoseg": (("warmup", "warmup_steps"), ("joint", "joint_steps"), ("finetune", "finetune_steps")),
-          "scaleprotoseg_groups": (("group_warmup", "warmup_steps"), ("group_joint", "joint_steps"))}
+PHASES = {"deeplab": ("train",), "protoseg": ("warmup", "joint", "finetune"),
+          "scaleprotoseg": ("warmup", "joint", "finetune"), "scaleprotoseg_groups": ("group_warmup", "group_joint")}
 
 
 # The default sustained rate: fp32 convolutions run as TF32 (PyTorch's cuDNN default) on an A100/H100-class
@@ -84,7 +83,7 @@ def _set_phase(model, cfg, phase):
     from .training.phases import phase_spec, trunk_frozen
 
     if phase != "train":  # DeepLab's "train": every parameter that is not a frozen BatchNorm affine
-        phase_spec(model, phase, cfg.train)
+        phase_spec(model, phase, cfg)
         model.bn_eval = cfg.model.freeze_bn or trunk_frozen(phase)
     model.train()
 
@@ -141,8 +140,8 @@ def estimate(params: dict, datasets=DATASETS, methods=METHODS, measure: int = 0,
             cfg = load_config(params, dataset=ds, method=m)
             t, K = cfg.train, CLASSES[ds]
             crop = (cfg.data.crop, cfg.data.crop)
-            for phase, key in PHASES[m]:
-                n = int(getattr(t, key))
+            for phase in PHASES[m]:
+                n = phase_steps(cfg, phase)
                 if n == 0:
                     continue
                 tf = count_tflop(_model(cfg, K), cfg, phase, t.batch_size, crop)
@@ -150,7 +149,7 @@ def estimate(params: dict, datasets=DATASETS, methods=METHODS, measure: int = 0,
                 rows.append(PhaseCost(ds, m, phase, n, tf, sec))
             fwd = count_tflop(_model(cfg, K), cfg, None, 1, _eval_size(cfg, ds), train=False)
             n_val, n_proj, _ = SPLITS[ds]
-            n_fwd = n_val + (n_proj if m in ("protoseg", "scaleprotoseg") else 0) * (2 if m == "protoseg" and t.prune else 1)
+            n_fwd = n_val + (n_proj if m in ("protoseg", "scaleprotoseg") else 0) * (2 if m == "protoseg" and cfg.project.prune else 1)
             passes[(ds, m)] = (n_fwd, fwd)
     return rows, passes
 

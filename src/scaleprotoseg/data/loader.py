@@ -57,7 +57,8 @@ class StepBatchSampler(Sampler):
             yield self.batch(step)
 
 
-def train_loader(root, split: str, cfg: DataConfig, batch_size: int, steps: int, seed: int, start: int = 0):
+def train_loader(root, split: str, cfg: DataConfig, batch_size: int, steps: int, seed: int, start: int = 0,
+                 num_workers: int = 0):
     """A loader of `steps - start` augmented batches; check that the crop fits the images first."""
     source = PreparedDataset(root, split)
     image = source.image(0)
@@ -71,8 +72,8 @@ def train_loader(root, split: str, cfg: DataConfig, batch_size: int, steps: int,
     return DataLoader(
         TrainCrops(source, cfg),
         batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
     )
 
 
@@ -99,7 +100,7 @@ def _collate_same_size(batch):
     return list(xs), list(ys), torch.tensor(idx)
 
 
-def eval_loader(root, split: str, cfg: DataConfig, batch_size: int, max_images: int = 0) -> DataLoader:
+def eval_loader(root, split: str, cfg: DataConfig, batch_size: int, max_images: int = 0, num_workers: int = 0) -> DataLoader:
     """Whole-image batches; images of different sizes come as lists and are run one by one."""
     ds = EvalImages(PreparedDataset(root, split), cfg, max_images)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers, collate_fn=_collate_same_size)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_same_size)

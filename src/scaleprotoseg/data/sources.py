@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -53,64 +53,13 @@ from .panoptic_parts import (  # noqa: F401 (re-exported)
     read_pascal_parts,
     read_uids,
 )
-from .prepared import VOID, DatasetMeta
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-def lookup_table(mapping: dict[int, int], default: int = VOID) -> np.ndarray:
-    """A 256-entry uint8 table: value → mapped value (default for every value not in `mapping`)."""
-    table = np.full(256, default, np.uint8)
-    for k, v in mapping.items():
-        table[k] = v
-    return table
-
+from .prepared import VOID
+from .readers import IMAGE_SUFFIXES, lookup_table, read_image, read_index_png, voc_palette  # noqa: F401 (re-exported)
 
 CITYSCAPES_TABLE = lookup_table(CITYSCAPES_LABELID_TO_TRAINID)
 CITYSCAPES_TRAINID_TO_LABELID = lookup_table({v: k for k, v in CITYSCAPES_LABELID_TO_TRAINID.items()}, default=0)
-
-
-def voc_palette() -> np.ndarray:
-    """The 256-colour VOC palette (bit-interleaved class index → RGB), flattened for `Image.putpalette`."""
-    pal = np.zeros((256, 3), np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal.ravel()
 ADE_TABLE = lookup_table({k: k - 1 for k in range(1, 151)})
 PASCAL_TABLE = lookup_table({k: k for k in range(21)})
-
-
-def read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} is missing.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{path} is not a readable image ({exc}).") from exc
-
-
-def read_index_png(path: Path) -> np.ndarray:
-    """A single-channel label image as its stored values: grayscale values or palette **indices**."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("L", "P", "I", "I;16"):
-                raise DataError(f"{path}: a label map must be single-channel (grayscale or palette), got mode {img.mode}.")
-            arr = np.asarray(img)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} is missing.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{path} is not a readable label image ({exc}).") from exc
-    if arr.max(initial=0) > 255:
-        raise DataError(f"{path}: label values up to {int(arr.max())} do not fit the prepared uint8 format.")
-    return arr.astype(np.uint8)
 
 
 @dataclass
@@ -429,133 +378,3 @@ def no_parts_note(dataset: str) -> str:
 
 SCANNERS = {"pascal": scan_pascal, "cityscapes": scan_cityscapes, "ade20k": scan_ade20k, "coco_stuff": scan_coco_stuff,
             "em": scan_em, "folder": scan_folder}
-
-
-class Prepared(NamedTuple):
-    meta: DatasetMeta
-    skipped: list[str]  # ids left out because a file could not be read (skip_corrupt)
-    converted: int  # samples decoded and written
-    reused: int  # samples whose files were unchanged since the last preparation (kept as they were)
-
-
-MANIFEST = "sources.json"  # per sample: the raw files it came from (path, size, mtime) → incremental re-runs
-
-
-def _stat(paths) -> list:
-    out = []
-    for p in paths:
-        if p is not None:
-            st = Path(p).stat()
-            out.append([str(p), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _converter_key(source: Source) -> str:
-    """What every sample's conversion depends on besides its own files: this module's code, the dataset's
-    name and classes, and the shared files (classes file, parts spec)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    here = Path(__file__)
-    for mod in (here, *(here.with_name(m) for m in ("prepared.py", "class_names.py", "panoptic_parts.py"))):
-        h.update(mod.read_bytes())
-    h.update(json.dumps([source.name, list(source.classes), _stat(source.extra)]).encode())
-    return h.hexdigest()[:16]
-
-
-def _old_outputs(out: Path, key: str) -> dict:
-    """The previous preparation's manifest entries, if it was made by the same converter."""
-    try:
-        manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return manifest.get("samples", {}) if manifest.get("converter") == key else {}
-
-
-def _reuse(out: Path, tmp: Path, entry: dict) -> bool:
-    """Link (or copy) one unchanged sample's outputs from the previous preparation into `tmp`."""
-    import os
-    import shutil
-
-    srcs = [out / rel for rel in entry.get("outputs", [])]
-    if not srcs or not all(p.is_file() for p in srcs):
-        return False
-    for p in srcs:
-        dst = tmp / p.relative_to(out)
-        try:
-            os.link(p, dst)
-        except OSError:
-            shutil.copy2(p, dst)
-    return True
-
-
-def _stored_as_is(path: Path) -> Path | None:
-    """`path` if the prepared format can keep it byte for byte (a JPEG, or an 8-bit RGB PNG), else None."""
-    suffix = path.suffix.lower()
-    if suffix in (".jpg", ".jpeg"):
-        return path
-    if suffix == ".png":
-        with Image.open(path) as img:
-            return path if img.mode == "RGB" else None
-    return None
-
-
-def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bool = False,
-                   progress: bool = True) -> Prepared:
-    """Convert `source` into the prepared format at `out` (atomically), `workers` files at a time.
-
-    Every file the split lists name is checked first: missing files stop the stage with their list. A file
-    that cannot be read stops it too, with the list of every such file — unless `skip_corrupt`, in which
-    case those samples are left out and reported. A sample whose raw files (path, size, modification time)
-    and converter are unchanged since the previous preparation at `out` is kept, not re-converted."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    from ..io import atomic_dir
-    from .prepared import save_sample
-
-    missing = source.missing()
-    if missing:
-        shown = "\n  ".join(str(p) for p in missing[:20])
-        raise DataError(f"{len(missing)} file(s) named by the split lists are missing, e.g.\n  {shown}\n"
-                        "Restore them or fix the split lists; nothing was written.")
-    ids = sorted(source.files)
-    out = Path(out)
-    key = _converter_key(source)
-    old = _old_outputs(out, key)
-
-    def convert(sid: str, tmp: Path):
-        fp = _stat(source.files[sid])
-        if sid in old and old[sid].get("files") == fp and _reuse(out, tmp, old[sid]):
-            return sid, {"files": fp, "outputs": old[sid]["outputs"]}, True
-        try:
-            image, label, parts = source.load(sid)
-            bad = (label >= len(source.classes)) & (label != VOID)
-            if bad.any():
-                raise DataError(f"{source.files[sid][1]}: label values {sorted(set(label[bad].tolist()))[:10]} are not classes.")
-            keep = _stored_as_is(source.files[sid][0]) if source.loader is None else None
-            written = save_sample(tmp, sid, image, label, parts, original=keep)
-            return sid, {"files": fp, "outputs": [str(p.relative_to(tmp)) for p in written]}, False
-        except DataError as exc:
-            return sid, str(exc), False
-
-    with atomic_dir(out) as tmp:
-        for sub in ("images", "labels", "parts"):
-            (tmp / sub).mkdir()
-        with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
-            results = list(tqdm(pool.map(lambda s: convert(s, tmp), ids), total=len(ids), desc=f"prepare {source.name}",
-                                disable=not progress, leave=False))
-        errors = {sid: r for sid, r, _ in results if isinstance(r, str)}
-        if errors and not skip_corrupt:
-            shown = "\n  ".join(errors.values())
-            raise DataError(f"{len(errors)} file(s) could not be converted:\n  {shown}\n"
-                            f"Fix or remove them, or set data_sources.{source.name}.skip_corrupt: true to leave them out.")
-        splits = {k: tuple(i for i in v if i not in errors) for k, v in source.splits.items()}
-        meta = DatasetMeta(name=source.name, classes=source.classes, splits=splits, parts=source.parts,
-                           projection_split=source.projection_split)
-        (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n")
-        samples = {sid: r for sid, r, _ in results if not isinstance(r, str)}
-        (tmp / MANIFEST).write_text(json.dumps({"converter": key, "samples": samples}) + "\n")
-    reused = sum(1 for _, r, hit in results if hit)
-    return Prepared(meta, sorted(errors), len(samples) - reused, reused)

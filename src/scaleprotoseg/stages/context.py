@@ -10,6 +10,7 @@ the repository DVC runs the stage in).
 
 from __future__ import annotations
 
+import importlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -30,20 +31,21 @@ SMOKE_OVERRIDES = {
     "embedded.max_objects": 2,
     "presets.embedded.data.crop": 40,
     "presets.embedded.model.width": 8,
+    "presets.embedded.runtime.log_every": 1,
+    "presets.embedded.runtime.checkpoint_every": 1,
+    "presets.embedded.runtime.val_every": 0,
+    "presets.embedded.runtime.val_images": 2,
     "presets.embedded.deeplab.steps": 2,
     "presets.embedded.deeplab.batch_size": 2,
-    "presets.embedded.deeplab.log_every": 1,
-    "presets.embedded.deeplab.checkpoint_every": 1,
-    "presets.embedded.deeplab.val_every": 0,
     "presets.embedded.eval.n_examples": 2,
+    "presets.embedded.scaleprotoseg_groups.batch_size": 2,
+    "presets.embedded.scaleprotoseg_groups.warmup_steps": 1,
+    "presets.embedded.scaleprotoseg_groups.joint_steps": 2,
 }
 for _m in ("protoseg", "scaleprotoseg"):
     SMOKE_OVERRIDES.update({f"presets.embedded.{_m}.{k}": v for k, v in {
-        "features": 8, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "finetune_steps": 1, "log_every": 1,
-        "checkpoint_every": 1, "val_every": 0, "val_images": 2}.items()})
-SMOKE_OVERRIDES.update({f"presets.embedded.scaleprotoseg_groups.{k}": v for k, v in {
-    "batch_size": 2, "warmup_steps": 1, "joint_steps": 2, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
-    "val_images": 2}.items()})
+        "features": 8, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2}.items()})
+    SMOKE_OVERRIDES[f"presets.embedded.project_{_m}.finetune_steps"] = 1
 
 
 def resolve(path: str | Path) -> Path:
@@ -108,10 +110,15 @@ def stage(name: str, *, smoke: bool, params_path: str = "params.yaml", dataset: 
     return StageContext(cfg, params, resolved, root, smoke)
 
 
+def _stage_module(name: str):
+    """A stage module, for smoke mode only: imported with importlib, so that no stage counts the others as
+    code it depends on (dvc.yaml never runs smoke mode; see `deps`)."""
+    return importlib.import_module(f"scaleprotoseg.stages.{name}")
+
+
 def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
     """Build, under `root`, what stage `name` reads, with the same layout as the real pipeline."""
-    from .prepare import prepare_dataset
-
+    prepare_dataset = _stage_module("prepare").prepare_dataset
     if name == "prepare":
         return
     p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
@@ -120,7 +127,7 @@ def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
         for m in method_names(params):
             _smoke_chain(load_config(params, dataset=cfg.dataset, method=m), root, upto="evaluate")
         return  # the report works without interpretability metrics (its columns stay empty)
-    upto = {"train": None, "project": "train", "evaluate": "project", "interpret": "project", "export": "project"}[name]
+    upto = {"train": None, "groups": None, "project": "train", "evaluate": "project", "interpret": "project", "export": "project"}[name]
     if cfg.start is not None:
         _smoke_chain(cfg.start, root, upto="project")
     if upto:
@@ -129,10 +136,8 @@ def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
 
 def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:
     """Run train → project → evaluate for `cfg.method` under `root`, up to and including `upto`."""
-    from .evaluate import evaluate_stage
-    from .project import project
-    from .train import train
-
+    train, project = _stage_module("train").train, _stage_module("project").project
+    evaluate_stage = _stage_module("evaluate").evaluate_stage
     p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
     if (p["evaluate_reports"] / "metrics.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
         return

@@ -30,7 +30,7 @@ def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir
     meta = read_meta(data_root)
     if tuple(payload["classes"]) != meta.classes:
         raise ArtifactError(f"The checkpoint's classes {payload['classes']} differ from {data_root}'s; re-run training.")
-    loader = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, cfg.eval.max_images)
+    loader = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, cfg.eval.max_images, cfg.runtime.num_workers)
     n = len(loader.dataset)
     rng = np.random.default_rng([cfg.seed, 40])
     keep = np.sort(rng.choice(n, size=min(cfg.eval.n_examples, n), replace=False))

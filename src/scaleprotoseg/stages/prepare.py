@@ -7,27 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from skimage.color import label2rgb
 
-from .. import plots
-from ..data.prepared import PreparedDataset, read_meta
-from ..data.synthetic import SyntheticSpec, generate
+from ..config import data_source, embedded_spec
+from ..data.prepared import VOID, PreparedDataset, read_meta
+from ..data.synthetic import generate
 from ..errors import ConfigError
+from ..io import atomic_path
 from .context import resolve
 
 
-def synthetic_spec(params: dict) -> SyntheticSpec:
-    section = params.get("embedded")
-    if not isinstance(section, dict):
-        raise ConfigError("params.yaml has no 'embedded' section (the embedded dataset's generator settings).")
-    valid = set(SyntheticSpec.__dataclass_fields__)
-    unknown = set(section) - valid
-    if unknown:
-        raise ConfigError(f"embedded: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}.")
-    for key, value in section.items():
-        expected = type(getattr(SyntheticSpec(), key))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (expected is int and not isinstance(value, int)):
-            raise ConfigError(f"embedded.{key} must be {'an integer' if expected is int else 'a number'}, got {value!r}.")
-    return SyntheticSpec(**section)
+def synthetic_spec(params: dict):
+    """The embedded generator's settings (`embedded` section, checked by config)."""
+    return embedded_spec(params)
 
 
 def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = False):
@@ -36,22 +29,22 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
     Real datasets are read from `data_sources.<dataset>.root` in their original layout (never modified)."""
     if dataset == "embedded":
         return generate(synthetic_spec(params), root)
-    from ..data.sources import SCANNERS, prepare_source
+    from ..data.convert import prepare_source
+    from ..data.sources import SCANNERS
 
-    spec = (params.get("data_sources") or {}).get(dataset)
-    if dataset not in SCANNERS or not isinstance(spec, dict):
+    if dataset not in SCANNERS or dataset not in (params.get("data_sources") or {}):
         raise ConfigError(
             f"No preparation for dataset {dataset!r}: readers exist for {sorted(SCANNERS)} (data_sources.<name> "
             "in params.yaml) and the embedded dataset; a new dataset can use the folder reader (README)."
         )
-    raw = resolve(spec.get("root", f"data/{dataset}"))
+    spec = data_source(params, dataset)
+    raw = resolve(spec.root)
     if not raw.is_dir():
         raise ConfigError(f"data_sources.{dataset}.root: {raw} does not exist; put the dataset there in its original "
                           "layout (README, 'Raw datasets') or point the key at it.")
     scan = SCANNERS[dataset]
-    source = scan(raw, seed=int(spec["seed"])) if "seed" in spec else scan(raw)
-    res = prepare_source(source, root, workers=int(spec.get("workers", 2)),
-                         skip_corrupt=bool(spec.get("skip_corrupt", False)), progress=progress)
+    source = scan(raw, seed=spec.seed) if spec.seed is not None else scan(raw)
+    res = prepare_source(source, root, workers=spec.workers, skip_corrupt=spec.skip_corrupt, progress=progress)
     print(f"{dataset}: converted {res.converted} sample(s), kept {res.reused} unchanged since the last preparation.")
     if res.skipped:
         print(f"skipped {len(res.skipped)} unreadable sample(s) (data_sources.{dataset}.skip_corrupt): {res.skipped[:20]}")
@@ -60,14 +53,31 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
     return res.meta
 
 
-def dataset_preview(root: Path, split: str = "train", n: int = 6, seed: int = 0):
-    """A grid of `n` seeded samples with their class and part masks."""
+def dataset_preview(root: Path, split: str = "train", n: int = 6, seed: int = 0) -> Image.Image:
+    """`n` seeded samples side by side: the images, their class masks (void black) and, when the dataset has
+    parts, the part masks (index of the part within its class; white where none). Drawn with scikit-image,
+    not the figure module, so that editing figures never re-runs data preparation."""
     ds = PreparedDataset(root, split)
     idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False))
-    images = [ds.image(i) for i in idx]
-    labels = [ds.label(i) for i in idx]
-    parts = [ds.parts(i) for i in idx] if ds.meta.has_parts else None
-    return plots.dataset_grid(images, labels, parts, ds.meta.classes, titles=[ds.ids[i] for i in idx])
+    h = max(ds.image(i).shape[0] for i in idx)
+
+    def fit(a):  # pad to a common height, and a white gutter
+        a = np.pad(a, ((0, h - a.shape[0]), (0, 4), (0, 0)), constant_values=255)
+        return a
+
+    rows = [[ds.image(i) for i in idx],
+            [(255 * label2rgb(ds.label(i), bg_label=VOID, bg_color=(0, 0, 0))).astype(np.uint8) for i in idx]]
+    if ds.meta.has_parts:
+        rows.append([(255 * label2rgb(ds.parts(i), bg_label=0, bg_color=(1, 1, 1))).astype(np.uint8) for i in idx])
+    grid = np.concatenate([np.concatenate([fit(a) for a in row], 1) for row in rows], 0)
+    return Image.fromarray(grid)
+
+
+def save_image(image: Image.Image, path: Path) -> Path:
+    """Write a PNG atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
 
 
 def dataset_summary(root: Path) -> pd.DataFrame:

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import plots
-from ..artifacts import copy_projection_records, read_patches
+from ..artifacts import copy_projection_records
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
@@ -20,7 +19,7 @@ from ..io import atomic_path, write_csv, write_json
 from ..models.build import load_model
 from ..training.checkpoint import save_checkpoint
 from ..training.loop import resolve_device
-from .context import seed_everything, show
+from .context import seed_everything
 
 
 def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True) -> dict:
@@ -55,10 +54,10 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     meta = read_meta(data_root)
     split = projection_split(meta)
     source = PreparedDataset(data_root, split)
-    loader = eval_loader(data_root, split, cfg.data, 1)
+    loader = eval_loader(data_root, split, cfg.data, 1, num_workers=cfg.runtime.num_workers)
     names = prototype_names(model, meta.classes)
     t0 = time.perf_counter()
-    proj = pj.find_nearest(model, loader, device, progress, rule=cfg.train.projection_rule)
+    proj = pj.find_nearest(model, loader, device, progress, rule=cfg.project.rule)
     seconds_pass = time.perf_counter() - t0
     with torch.no_grad():
         model.prototypes.vectors.copy_(proj.vectors)
@@ -74,12 +73,11 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
             "duplicates_removed": len(names) - len(ids), "no_eligible_pixel": missing,
             "projection_pass_seconds": round(seconds_pass, 2)}
     save_checkpoint(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
-    t = cfg.train
     logger = None
     phases = run_phases(model, cfg, ("finetune",), data_root, out_dir, logger, device, progress, None, meta)
-    if cfg.method == "protoseg" and t.prune:
-        best_d, best_m = pj.nearest_patches(model, loader, device, t.prune_k, progress)
-        keep_mask = pj.prune_mask(best_d, best_m, t.prune_threshold)
+    if cfg.method == "protoseg" and cfg.project.prune:
+        best_d, best_m = pj.nearest_patches(model, loader, device, cfg.project.prune_k, progress)
+        keep_mask = pj.prune_mask(best_d, best_m, cfg.project.prune_threshold)
         pruned = [kept_names[i] for i in torch.nonzero(~keep_mask).flatten().tolist()]
         table["pruned"] = [n in set(pruned) for n in table.index]
         keep2 = torch.nonzero(keep_mask).flatten()
@@ -99,25 +97,14 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     return info
 
 
-def gallery_figure(project_dir: Path, report_dir: Path, title: str):
-    """Draw (and save as gallery.png) the source patches of the final prototypes; a note for deeplab."""
-    saved = read_patches(project_dir)
-    if saved is None:
-        fig = plots.message_figure("No prototypes (black-box model): nothing to show.")
-    else:
-        fig = plots.prototype_gallery(*saved, title=title)
-    plots.save_figure(fig, Path(report_dir) / "gallery.png")
-    return show(Path(report_dir) / "gallery.png")
-
-
 def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
     """The grouped model is evaluated after zeroing group weights below the threshold (no renormalisation)."""
     from ..models.prototypes import prototype_counts
 
     model, _, payload = load_model(train_dir / "model.pt")
     before = prototype_counts(model)
-    model.group_head.threshold(cfg.train.threshold)
+    model.group_head.threshold(cfg.project.threshold)
     after = prototype_counts(model)
     copy_projection_records(train_dir, out_dir)
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="thresholded", step=0, classes=payload["classes"])
-    return {"method": cfg.method, "threshold": cfg.train.threshold, "before_threshold": before, **after}
+    return {"method": cfg.method, "threshold": cfg.project.threshold, "before_threshold": before, **after}

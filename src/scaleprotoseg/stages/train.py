@@ -54,15 +54,14 @@ def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, prog
     model = _start_model(cfg, start_checkpoint, device, out_dir) if cfg.start is not None else build_for(cfg, meta.num_classes)
     model = model.to(device)
     phases = METHOD_PHASES[cfg.method]
-    t = cfg.train
-    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, t.val_images)
+    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, cfg.runtime.val_images, cfg.runtime.num_workers)
     started = any((out_dir / f"{kind}{ph}.pt").is_file() for ph in phases for kind in ("", "resume_"))
     logger = LiveLogger(report_dir / "dvclive", resume=started)
     after_update = model.group_head.project if getattr(model, "group_head", None) is not None else None
     done = run_phases(model, cfg, phases, data_root, out_dir, logger, device, progress, interrupt_at, meta,
                       after_update=after_update, val=val)
     logger.end()
-    steps = sum(phase_steps(t, ph) for ph in phases)
+    steps = sum(phase_steps(cfg, ph) for ph in phases)
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase=phases[-1], step=steps, classes=list(meta.classes))
     return _train_summary(cfg, out_dir, model, device, done, steps)
 
@@ -74,12 +73,17 @@ def _start_model(cfg: RunConfig, start_checkpoint: Path | None, device, out_dir:
         raise ArtifactError(f"{start_checkpoint}: {cfg.method} starts from the projected {cfg.start.method} model; "
                             f"run `dvc repro project@{cfg.start.method}` first.")
     model, start_cfg, _ = load_model(start_checkpoint, device, f"project@{cfg.start.method}")
-    if start_cfg.to_dict() != cfg.start.to_dict():
+    if _computed(start_cfg) != _computed(cfg.start):
         raise ArtifactError(f"{start_checkpoint} was trained with other {cfg.start.method} settings than params.yaml now has; "
                             f"re-run `dvc repro project@{cfg.start.method}`.")
     model.add_groups(cfg.train.groups)
     copy_projection_records(Path(start_checkpoint).parent, out_dir)  # provenance and patches travel with the model
     return model
+
+
+def _computed(cfg: RunConfig) -> dict:
+    """A configuration without its run-time knobs: what a model's weights depend on."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "runtime"}
 
 
 def _train_summary(cfg, out_dir, model, device, phases, steps) -> dict:

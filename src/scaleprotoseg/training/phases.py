@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import GroupTrainConfig, PrototypeTrainConfig, TrainConfig
+from ..config import GroupTrainConfig, PrototypeTrainConfig, RunConfig, TrainConfig
 from ..losses import kld_loss, msc_mean, pixel_cross_entropy
 from ..models.prototypes import log_similarity
 
@@ -59,17 +59,18 @@ class PhaseSpec:
     momentum: float = 0.9  # SGD only
 
 
-STEPS_KEY = {"train": "steps", "warmup": "warmup_steps", "joint": "joint_steps", "finetune": "finetune_steps",
-             "group_warmup": "warmup_steps", "group_joint": "joint_steps"}
+def phase_steps(cfg: RunConfig, phase: str) -> int:
+    """Mini-batches of `phase` (fine-tuning's count is the project stage's setting)."""
+    if phase == "finetune":
+        return cfg.project.finetune_steps
+    key = {"train": "steps", "warmup": "warmup_steps", "joint": "joint_steps", "group_warmup": "warmup_steps",
+           "group_joint": "joint_steps"}[phase]
+    return getattr(cfg.train, key)
 
 
-def phase_steps(t: TrainConfig | PrototypeTrainConfig | GroupTrainConfig, phase: str) -> int:
-    """Mini-batches of `phase` under the training section `t`."""
-    return getattr(t, STEPS_KEY[phase])
-
-
-def phase_spec(model: nn.Module, phase: str, t: TrainConfig | PrototypeTrainConfig | GroupTrainConfig) -> PhaseSpec:
+def phase_spec(model: nn.Module, phase: str, cfg: RunConfig) -> PhaseSpec:
     """Set `requires_grad` for `phase` and return its optimiser groups (the paper's LRs)."""
+    t = cfg.train
     params = model.param_groups()
     trains = TRAINS[phase]
     for name, ps in params.items():
@@ -91,7 +92,8 @@ def phase_spec(model: nn.Module, phase: str, t: TrainConfig | PrototypeTrainConf
         steps = t.warmup_steps if warm else t.joint_steps
         return PhaseSpec(phase, steps, groups, 0.0 if warm else t.poly_power)
     if phase == "finetune":
-        return PhaseSpec(phase, t.finetune_steps, [{"params": params["last_layer"], "lr": t.lr_last_layer, "weight_decay": 0.0}], 0.0)
+        p = cfg.project
+        return PhaseSpec(phase, p.finetune_steps, [{"params": params["last_layer"], "lr": p.lr_last_layer, "weight_decay": 0.0}], 0.0)
     if phase == "group_warmup":
         return PhaseSpec(phase, t.warmup_steps, [{"params": params["group_weights"], "lr": t.lr_warmup_groups, "weight_decay": 0.0}], 0.0)
     if phase == "group_joint":

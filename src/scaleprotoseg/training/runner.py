@@ -4,15 +4,18 @@ its checkpoint belongs to this configuration, an interrupted one resumed (`loop.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from ..config import RunConfig
 from ..data.loader import train_loader
+from ..deps import code_version
 from ..evaluation import evaluate
 from ..metrics.segmentation import iou_from_confusion
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import clear_resume, make_optimizer, run_phase
-from .phases import loss_for, phase_spec, trunk_frozen
+from .phases import TRAINS, loss_for, phase_spec, trunk_frozen
 
 
 def bn_frozen(cfg: RunConfig) -> bool:
@@ -20,12 +23,32 @@ def bn_frozen(cfg: RunConfig) -> bool:
     return (cfg.start or cfg).model.freeze_bn
 
 
-def _phase_checkpoint(path: Path, fingerprint: str):
-    """A finished phase's checkpoint, if it belongs to this configuration (an interrupted run skips it)."""
-    if path.is_file():
-        payload = load_checkpoint(path)
-        if payload.get("fingerprint") == fingerprint:
-            return payload
+# What a phase computes from: these config sections and the code of the stage that runs it. `runtime`
+# (logging, checkpoint and validation intervals, workers) is never part of it.
+TRAINING = ("dataset", "method", "seed", "data", "model", "train", "start")
+PHASE_IDENTITY = {phase: (TRAINING, "scaleprotoseg.stages.train") for phase in TRAINS if phase != "finetune"}
+PHASE_IDENTITY["finetune"] = (TRAINING + ("project",), "scaleprotoseg.stages.project")
+
+
+def phase_identity(cfg: RunConfig, phase: str) -> dict[str, str]:
+    """Per config section and for the code, a short hash: what a phase checkpoint must match to be reused."""
+    sections, module = PHASE_IDENTITY[phase]
+    parts = {s: cfg.fingerprint((s,), "") for s in sections}
+    parts["code"] = code_version(module)
+    return parts
+
+
+def _finished_phase(path: Path, identity: dict[str, str], phase: str):
+    """A finished phase's checkpoint if it belongs to this run; if not, say why it is discarded."""
+    if not path.is_file():
+        return None
+    payload = load_checkpoint(path)
+    stored = payload.get("identity") or {}
+    changed = sorted(k for k in identity if stored.get(k) != identity[k])
+    if not changed:
+        return payload
+    what = ", ".join("the code it runs" if k == "code" else f"`{k}`" for k in changed)
+    print(f"[{phase}] discarding {path}: it was computed with other {what} than this run has; the phase runs again")
     return None
 
 
@@ -33,16 +56,17 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
                progress: bool, interrupt_at: int | None, meta, step_offset: int = 0, after_update=None,
                val=None) -> list[dict]:
     """Run `phases` in order; each ends with `out_dir/<phase>.pt`, which the next one starts from."""
-    t = cfg.train
+    t, rt = cfg.train, cfg.runtime
     done = []
     offset = step_offset
     for k, phase in enumerate(phases):
-        spec = phase_spec(model, phase, t)
-        fingerprint = cfg.fingerprint("dataset", "method", "seed", "data", "model", "train", "start") + f":{phase}"
-        ckpt = out_dir / f"{phase}.pt"
-        finished = _phase_checkpoint(ckpt, fingerprint)
+        spec = phase_spec(model, phase, cfg)
         if spec.steps == 0:
             continue
+        identity = phase_identity(cfg, phase)
+        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        ckpt = out_dir / f"{phase}.pt"
+        finished = _finished_phase(ckpt, identity, phase)
         if finished is not None:
             model.load_state_dict(finished["state_dict"])
             print(f"[{phase}] already finished ({ckpt}); continuing from it")
@@ -68,15 +92,16 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
         result = run_phase(
             model, phase=phase, steps=spec.steps, accumulation=t.accumulation, optimizer=optimizer,
             loss_fn=loss_for(t, phase),
-            make_loader=lambda start, k=k: train_loader(data_root, "train", cfg.data, t.batch_size, spec.steps, cfg.seed + k, start),
+            make_loader=lambda start, k=k: train_loader(data_root, "train", cfg.data, t.batch_size, spec.steps,
+                                                        cfg.seed + k, start, num_workers=rt.num_workers),
             device=device, resume_path=out_dir / f"resume_{phase}.pt", fingerprint=fingerprint,
-            poly_power=spec.poly_power, log_every=t.log_every, checkpoint_every=t.checkpoint_every, logger=log,
-            validate=validate if val is not None else None, val_every=t.val_every,
+            poly_power=spec.poly_power, log_every=rt.log_every, checkpoint_every=rt.checkpoint_every, logger=log,
+            validate=validate if val is not None else None, val_every=rt.val_every,
             after_update=after_update, interrupt_at=None if interrupt_at is None else interrupt_at - offset,
             progress=progress,
         )
         save_checkpoint(ckpt, model, cfg.to_dict(), phase=phase, step=spec.steps, classes=list(meta.classes),
-                        fingerprint=fingerprint, seconds=result.seconds, history=history)
+                        fingerprint=fingerprint, identity=identity, seconds=result.seconds, history=history)
         clear_resume(out_dir / f"resume_{phase}.pt")
         done.append({"phase": phase, "steps": spec.steps, "seconds": round(result.seconds, 2), "resumed": result.resumed_from,
                      "last_loss": result.last_loss})
