@@ -98,8 +98,11 @@ def test_notebooks_run_the_pascal_layout_like_dvc_does(tmp_path, params):
             args += ["-p", k, str(v)]
         res = subprocess.run(args, capture_output=True, text=True, cwd=repo_root(), timeout=600)
         assert res.returncode == 0, f"{nb}: {res.stderr[-3000:]}"
-    metrics = yaml.safe_load((rep / "evaluate" / m / "metrics.json").read_text())
+    metrics = yaml.safe_load((rep / "evaluate" / m / "summary.json").read_text())
     assert set(metrics["iou"]) == set(read_meta(art / "prepared/pascal").classes)
-    interp = yaml.safe_load((rep / "interpret" / m / "metrics.json").read_text())
+    headline = yaml.safe_load((rep / "evaluate" / m / "metrics.json").read_text())
+    assert set(headline) == {"miou", "pixel_accuracy", "prototypes_used"} and headline["miou"] == metrics["miou"]
+    interp = yaml.safe_load((rep / "interpret" / m / "summary.json").read_text())
     assert interp["consistency_evaluated"] > 0
     assert np.isfinite(interp["stability"])
+    assert set(yaml.safe_load((rep / "interpret" / m / "metrics.json").read_text())) == {"consistency", "stability"}

@@ -632,9 +632,9 @@ def test_report_says_why_consistency_and_stability_are_empty(tmp_path):
     note = src.no_parts_note("folder")
     assert "folder has no part annotations" in note and "parts/<stem>.png" in note and "classes.json" in note
     for m in ("deeplab", "scaleprotoseg"):
-        write_json(tmp_path / "evaluate" / m / "metrics.json",
+        write_json(tmp_path / "evaluate" / m / "summary.json",
                    {"miou": 50.0, "pixel_accuracy": 80.0, "iou": {"ground": 60.0, "box": 40.0}})
-    write_json(tmp_path / "interpret" / "scaleprotoseg" / "metrics.json", {"consistency": None, "note": note})
+    write_json(tmp_path / "interpret" / "scaleprotoseg" / "summary.json", {"consistency": None, "note": note})
     results = collect_results(["deeplab", "scaleprotoseg"], tmp_path / "evaluate", tmp_path / "train_reports",
                                        tmp_path / "train", dataset="folder")
     write_report(results, "folder", tmp_path / "report")

@@ -139,7 +139,7 @@ def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:
     train, project = _stage_module("train").train, _stage_module("project").project
     evaluate_stage = _stage_module("evaluate").evaluate_stage
     p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
-    if (p["evaluate_reports"] / "metrics.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
+    if (p["evaluate_reports"] / "summary.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
         return
     if cfg.start is not None:
         _smoke_chain(cfg.start, root, upto="project")

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..artifacts import final_checkpoint
+from ..artifacts import final_checkpoint, write_results
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..errors import ArtifactError
 from ..evaluation import evaluate
-from ..io import write_csv, write_json
+from ..io import write_csv
 from ..metrics.segmentation import summarise
 from ..models.build import load_model
 from ..training.loop import resolve_device
@@ -41,8 +41,9 @@ def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir
     if hasattr(model, "prototypes"):
         from ..models.prototypes import prototype_counts
 
-        metrics.update(prototype_counts(model))
-    write_json(report_dir / "metrics.json", metrics)
+        counts = prototype_counts(model)
+        metrics.update({"prototypes_used": counts["prototypes"], **counts})  # all used unless groups say otherwise
+    write_results(report_dir, metrics, "evaluate")
     table = per_class_table(metrics)
     write_csv(table, report_dir / "per_class_iou.csv")
     write_csv(pd.DataFrame(res.confusion, index=meta.classes, columns=meta.classes), report_dir / "confusion.csv")

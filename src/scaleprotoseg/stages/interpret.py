@@ -7,19 +7,20 @@ import time
 from pathlib import Path
 
 from .. import plots
-from ..artifacts import read_patches
+from ..artifacts import read_patches, write_results
 from ..config import RunConfig
 from ..data.prepared import PreparedDataset, read_meta
 from ..interpretability import group_composition, scale_usage
-from ..io import atomic_path, read_json, write_csv, write_json
+from ..io import atomic_path, read_json, write_csv
 from ..models.build import load_model
 from ..training.loop import resolve_device
 
 
 def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:
     """Interpretability metrics (consistency, stability, overlaps, sparsity) and figures of a prototype model,
-    from saved artifacts only (never retrains); black-box deeplab has none. Writes `metrics.json` (which
-    `dvc metrics show/diff` compare), per-prototype and per-class tables and the figures."""
+    from saved artifacts only (never retrains); black-box deeplab has none. Writes `summary.json`, the
+    headline `metrics.json` (which `dvc metrics show/diff` compare), per-prototype and per-class tables and
+    the figures."""
     from .. import interpretability as it
     from ..models.prototypes import prototype_names
 
@@ -28,7 +29,7 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     if cfg.method == "deeplab":
         info["note"] = ("deeplab is the black-box baseline: no prototypes, so no consistency, stability, sparsity, "
                         "overlap or prototype figures.")
-        write_json(report_dir / "metrics.json", info)
+        write_results(report_dir, info, "interpret")
         with atomic_path(report_dir / "details" / "README.txt") as tmp:
             tmp.write_text("deeplab has no prototypes: no interpretability tables or figures.\n")
         return info
@@ -48,7 +49,7 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
         from ..data.sources import no_parts_note
 
         info["note"] = no_parts_note(meta.name)
-    write_json(report_dir / "metrics.json", info)
+    write_results(report_dir, info, "interpret")
     write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
     write_csv(res.overlap, report_dir / "details" / "overlap.csv")
     _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root)

@@ -25,7 +25,7 @@ def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Pa
     rows, iou, curves, notes = [], {}, {}, []
     published = PUBLISHED_MIOU.get(dataset, {})
     for m in methods:
-        path = Path(evaluate_dir) / m / "metrics.json"
+        path = Path(evaluate_dir) / m / "summary.json"
         if not path.is_file():
             raise ArtifactError(f"{path} not found; run the evaluation stage (`dvc repro evaluate@{m}`).")
         met = read_json(path)
@@ -44,7 +44,7 @@ def collect_results(methods: list[str], evaluate_dir: Path, train_report_dir: Pa
             "train steps": summ.get("steps"),
             "train s": summ.get("seconds"),
         })
-        interp_path = Path(evaluate_dir).parent / "interpret" / m / "metrics.json"
+        interp_path = Path(evaluate_dir).parent / "interpret" / m / "summary.json"
         interp = read_json(interp_path) if interp_path.is_file() else {}
         for key, col in (("consistency", "consistency %"), ("stability", "stability %"),
                          ("prototype_overlap", "prototype overlap %"), ("group_overlap", "group overlap %")):
