@@ -110,6 +110,24 @@ def test_prototype_training_resumes_across_phases(tmp_path, tiny_dataset, params
     assert len(curves["warmup/loss"]) == 2
 
 
+def test_finished_phases_are_reused_across_runtime_changes_and_discarded_with_the_reason(tmp_path, tiny_dataset,
+                                                                                          params, capsys):
+    cfg = load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
+    train(cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
+    capsys.readouterr()
+    # a run-time knob is no part of what a phase computed: both phases are reused
+    quiet = load_config(params, method="scaleprotoseg", overrides={**PROTO_TINY, "presets.embedded.runtime.log_every": 3,
+                                                                   "presets.embedded.runtime.checkpoint_every": 4})
+    train(quiet, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
+    out = capsys.readouterr().out
+    assert "[warmup] already finished" in out and "[joint] already finished" in out and "discarding" not in out
+    # a training setting is: the phases run again, and the log says which section changed
+    other = load_config(params, method="scaleprotoseg", overrides={**PROTO_TINY, "presets.embedded.scaleprotoseg.loss_kld": 0.5})
+    train(other, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
+    out = capsys.readouterr().out
+    assert "[warmup] discarding" in out and "other `train` than this run has" in out and "already finished" not in out
+
+
 def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset, params):
     cfg = load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
     train(cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
