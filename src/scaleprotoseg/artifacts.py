@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
+from .io import atomic_path, write_json
 
 
 def provenance(project_dir: Path) -> pd.DataFrame:
@@ -66,7 +66,5 @@ HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpre
 
 def write_results(report_dir: Path, summary: dict, stage: str) -> None:
     """`summary.json` (everything) and `metrics.json` (the stage's headline numbers that exist)."""
-    from .io import write_json
-
     write_json(Path(report_dir) / "summary.json", summary)
     write_json(Path(report_dir) / "metrics.json", {k: summary[k] for k in HEADLINE[stage] if summary.get(k) is not None})
