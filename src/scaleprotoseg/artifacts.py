@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, write_json
+from .io import atomic_path
 
 
 def provenance(project_dir: Path) -> pd.DataFrame:
@@ -57,14 +57,3 @@ def curves_table(dvclive_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
     cols = {name: df.set_index("step")[df.columns[-1]] for name, df in curves.items()}
     return pd.DataFrame(cols).sort_index()
-
-
-# What `dvc metrics show` / `dvc exp show` compare: a few headline numbers per method (a table that fits a
-# screen). Everything else a stage measures goes to `summary.json` beside it (per-class IoU: per_class_iou.csv).
-HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpret": ("consistency", "stability")}
-
-
-def write_results(report_dir: Path, summary: dict, stage: str) -> None:
-    """`summary.json` (everything) and `metrics.json` (the stage's headline numbers that exist)."""
-    write_json(Path(report_dir) / "summary.json", summary)
-    write_json(Path(report_dir) / "metrics.json", {k: summary[k] for k in HEADLINE[stage] if summary.get(k) is not None})

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..artifacts import final_checkpoint, write_results
+from ..artifacts import final_checkpoint
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
@@ -19,6 +19,7 @@ from ..evaluation import evaluate
 from ..io import write_csv
 from ..metrics.segmentation import summarise
 from ..models.build import load_model
+from ..results import write_results
 from ..training.loop import resolve_device
 
 
