@@ -237,16 +237,12 @@ def test_changing_the_group_threshold_reruns_only_the_thresholding(tiny_repo):
 @pytest.mark.slow
 def test_exp_run_temp_trains_with_the_experiments_params(tiny_repo):
     """`dvc exp run --temp` runs the stage in a copy of the repository: the override must reach training."""
+    assert json.loads((tiny_repo / "artifacts/train/deeplab/train_summary.json").read_text())["steps"] == 1
     dvc("exp", "run", "--temp", "-S", "presets.embedded.deeplab.steps=3", "train@deeplab", cwd=tiny_repo)
-    shown = json.loads(dvc("exp", "show", "--json", cwd=tiny_repo).stdout)
-    steps = []
-    for commit in shown:
-        for exp in commit.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                data = rev.get("data") or {}
-                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
-                metrics = data.get("metrics", {}).get("reports/train/deeplab/dvclive/metrics.json", {}).get("data", {})
-                steps.append((params["presets"]["embedded"]["deeplab"].get("steps"), metrics.get("step")))
-    assert (3, 3) in steps, steps
-    # the workspace itself is untouched by the temporary experiment
-    assert json.loads((tiny_repo / "reports/train/deeplab/dvclive/metrics.json").read_text())["step"] == 1
+    # the workspace itself is untouched by the temporary experiment ...
+    assert json.loads((tiny_repo / "artifacts/train/deeplab/train_summary.json").read_text())["steps"] == 1
+    # ... and the experiment trained with its own override
+    (name,) = dvc("exp", "list", "--name-only", cwd=tiny_repo).stdout.split()
+    dvc("exp", "apply", name, cwd=tiny_repo, check=False)  # (stages this tiny run never ran cannot be checked out)
+    assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["presets"]["embedded"]["deeplab"]["steps"] == 3
+    assert json.loads((tiny_repo / "artifacts/train/deeplab/train_summary.json").read_text())["steps"] == 3
