@@ -150,3 +150,13 @@ def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset,
                                  overrides={**PROTO_TINY, "presets.embedded.scaleprotoseg.loss_kld": 0.5})
     with pytest.raises(ArtifactError, match="project@scaleprotoseg"):
         train(other, tiny_dataset, tmp_path / "gt2", tmp_path / "gr2", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")
+
+
+def test_a_checkpoint_from_an_older_config_layout_names_the_file_and_the_fix(tmp_path, tiny_dataset, tiny_cfg):
+    train(tiny_cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
+    payload = load_checkpoint(tmp_path / "t" / "model.pt")
+    old = {k: v for k, v in payload["config"].items() if k not in ("project", "runtime")}  # the layout before them
+    save_checkpoint(tmp_path / "old.pt", build_model("deeplab", tiny_cfg.model, 3), old, phase="train", step=1,
+                    classes=payload["classes"])
+    with pytest.raises(ArtifactError, match=r"old.pt: its stored configuration does not fit .* re-run train@deeplab"):
+        load_model(tmp_path / "old.pt", stage_hint="train@deeplab")

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from ..config import ModelConfig, RunConfig
+from ..errors import ArtifactError, ConfigError
 from ..training.checkpoint import load_checkpoint
 from .backbone import build_backbone, freeze_batchnorm
 from .deeplab import DeepLabV2
@@ -51,7 +52,11 @@ def load_model(checkpoint: str | Path, device="cpu", stage_hint: str = "the trai
     """Rebuild a trained model from its checkpoint alone (never downloads weights or runs code from it):
     (model in eval mode on `device`, its RunConfig, the checkpoint payload)."""
     payload = load_checkpoint(checkpoint, stage_hint)
-    cfg = RunConfig.from_dict(payload["config"])
+    try:
+        cfg = RunConfig.from_dict(payload["config"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise ArtifactError(f"{checkpoint}: its stored configuration does not fit this version of the code (no or wrong "
+                            f"{exc}); it was made by an older version: re-run {stage_hint} to remake it.") from exc
     model = build_for(cfg, len(payload["classes"]), offline=True)
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), cfg, payload
