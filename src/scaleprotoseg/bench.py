@@ -25,10 +25,9 @@ import torch
 
 from .config import GroupTrainConfig, ModelConfig, ProjectConfig, PrototypeTrainConfig
 from .evaluation import evaluate
-from .losses import msc_mean, pixel_cross_entropy
 from .models.build import build_model
 from .training.loop import make_optimizer
-from .training.phases import group_loss, phase_spec, stage1_loss
+from .training.phases import deeplab_loss, group_loss, phase_spec, stage1_loss
 
 PROTO = dict(features=64, batch_size=2, accumulation=1, warmup_steps=1, joint_steps=1,
              lr_warmup_aspp=1e-4, lr_warmup_prototypes=1e-4, lr_joint_trunk=1e-5, lr_joint_aspp=1e-4,
@@ -59,9 +58,7 @@ def _step_fn(method, model, cfg, deeplab_optimizer="adam", phase=None):
     if method == "deeplab":
         opt = make_optimizer(deeplab_optimizer, [{"params": model.param_groups()["trunk"], "lr": 1e-5},
                                      {"params": model.param_groups()["head"], "lr": 1e-4}], weight_decay=5e-4)
-
-        def loss_fn(m, x, y):
-            return msc_mean(pixel_cross_entropy, m(x), y)
+        loss_fn = deeplab_loss
     else:
         phase = phase or ("group_joint" if method == "scaleprotoseg_groups" else "joint")
         opt = make_optimizer("adam", phase_spec(model, phase, SimpleNamespace(train=cfg, project=FINETUNE)).groups)
