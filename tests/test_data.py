@@ -59,9 +59,9 @@ def test_step_batches_are_a_pure_function_of_the_step():
 
 
 def test_train_loader_is_deterministic(tiny_dataset, tiny_cfg):
-    x1, y1 = next(iter(train_loader(tiny_dataset, "train", tiny_cfg.data, 2, 3, seed=1)))
-    x2, y2 = next(iter(train_loader(tiny_dataset, "train", tiny_cfg.data, 2, 3, seed=1)))
-    assert x1.shape == (2, 3, 32, 32) and (x1 == x2).all() and (y1 == y2).all()
+    x1, y1, c1 = next(iter(train_loader(tiny_dataset, "train", tiny_cfg.data, 2, 3, seed=1)))
+    x2, y2, c2 = next(iter(train_loader(tiny_dataset, "train", tiny_cfg.data, 2, 3, seed=1)))
+    assert x1.shape == (2, 3, 32, 32) and (x1 == x2).all() and (y1 == y2).all() and (c1 == c2).all()
 
 
 def test_crop_larger_than_images_allow(tiny_dataset, tiny_cfg):

@@ -884,3 +884,66 @@ def test_protoseg_state_dict_round_trip_after_pruning():
 
 def test_segmenter_is_a_prototype_segmenter():
     assert isinstance(small_model(0), PrototypeSegmenter)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cheaper head: per-scale distances for any prototype order, the KLD over each image's present classes.
+
+def test_distances_with_prototypes_in_any_scale_order():
+    """Tables not in the scale-major layout (e.g. a hand-edited state dict): still the naive distances."""
+    torch.manual_seed(2)
+    K, M, S, D = 3, 2, 4, 5
+    layer = PrototypeLayer(K, M, S, D).double()
+    perm = torch.randperm(layer.num_prototypes)
+    layer.keep(torch.arange(layer.num_prototypes))  # clears caches; then scramble the order by hand
+    layer.vectors.data = layer.vectors.data[perm]
+    layer.proto_class, layer.proto_scale = layer.proto_class[perm], layer.proto_scale[perm]
+    layer.__dict__.pop("_pair_cache", None)
+    assert layer.scale_layout()[1] is not None  # really out of order
+    feats = torch.rand(2, S * D, 3, 4, dtype=torch.float64)
+    want = naive_distances(feats, layer.vectors.detach(), layer.proto_scale, D)
+    torch.testing.assert_close(layer.distances(feats), want, rtol=1e-10, atol=1e-12)
+    # After removing prototypes so that one scale has none left.
+    keep = (layer.proto_scale != 1).nonzero().flatten()
+    layer.keep(keep)
+    want = naive_distances(feats, layer.vectors.detach(), layer.proto_scale, D)
+    torch.testing.assert_close(layer.distances(feats), want, rtol=1e-10, atol=1e-12)
+
+
+def test_present_classes_against_a_loop():
+    from scaleprotoseg.losses import present_classes
+
+    gen = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 6, (3, 7, 9), generator=gen).to(torch.uint8)
+    labels[0][labels[0] > 2] = VOID  # image 0: classes 0..2 and void
+    labels[2] = VOID  # image 2: void only
+    got = present_classes(labels, 6)
+    for b in range(3):
+        want = sorted({int(v) for v in labels[b].flatten() if int(v) < 6})
+        row = [int(c) for c in got[b] if c >= 0]
+        assert row == want
+        assert (got[b, len(want):] == -1).all()
+    assert got.shape[1] == 6
+
+
+@pytest.mark.parametrize("per_scale", [True, False])
+def test_kld_over_present_classes_equals_all_classes_and_naive(per_scale):
+    from scaleprotoseg.losses import present_classes
+
+    K, M, S = 7, 2, 2
+    pc, ps = full_tables(K, M, S)
+    gen = torch.Generator().manual_seed(8)
+    labels = torch.randint(0, 3, (2, 4, 5), generator=gen)
+    labels[1][labels[1] == 0] = 5  # image 1: classes 1, 2, 5; classes 3, 4, 6 absent everywhere
+    labels[0, 0, :3] = VOID
+    dist = (torch.rand(2, len(pc), 4, 5, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+    classes = present_classes(labels, K)
+    assert classes.shape[1] == 3
+    got = kld_loss(dist, labels, pc, ps, K, per_scale=per_scale, classes=classes)
+    ref = kld_loss(dist, labels, pc, ps, K, per_scale=per_scale)
+    want = naive_kld(dist, labels, pc, ps, K, per_scale)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
+    g_got, = torch.autograd.grad(got, dist)
+    g_want, = torch.autograd.grad(want, dist)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-8, atol=1e-12)

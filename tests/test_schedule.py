@@ -68,3 +68,20 @@ def test_estimate_table_and_measured_mode(params):
     assert all(r.seconds_per_micro_batch > 0 for r in rows)
     text = schedule.report(rows, passes, tflops=25.0)
     assert "| pascal | scaleprotoseg | 4 |" in text  # 1 + 2 + 1 micro-batches of the tiny schedule
+
+
+def test_validations_follow_run_phase():
+    # every val_every mini-batches while below the phase's steps, and once at the end
+    assert schedule.validations(10, 5) == 2 and schedule.validations(11, 5) == 3 and schedule.validations(4, 5) == 1
+    assert schedule.validations(10, 0) == 1 and schedule.validations(0, 5) == 0
+
+
+def test_validation_passes_of_the_pascal_preset(params):
+    cfg = load_config(params, dataset="pascal", method="scaleprotoseg")
+    t, rt = cfg.train, cfg.runtime
+    assert (t.warmup_steps, t.joint_steps, rt.val_every, rt.val_images) == (15000, 150000, 5000, 300)
+    # warm-up: at 5k and 10k plus the end = 3; joint: at 5k, ..., 145k plus the end = 30; fine-tuning
+    # (project stage) never validates; 300 of Pascal's 1,449 val images each time
+    assert schedule.validation_passes(cfg, "pascal") == (33, 300)
+    cfg0 = load_config(params, dataset="pascal", method="deeplab", overrides={"presets.pascal.runtime.val_images": 0})
+    assert schedule.validation_passes(cfg0, "pascal") == (20, 1449)  # 0: the whole split

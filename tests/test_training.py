@@ -52,6 +52,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_d
     ref, res = _final_state(reference / "model.pt"), _final_state(run / "model.pt")
     for k in ref:
         assert torch.allclose(ref[k].float(), res[k].float(), atol=1e-6), k
+    # The curves: every step once (steps 1-4 from the resume state; step 5, logged before the kill, not twice)
+    want, got = read_curves(tmp_path / "ref_reports" / "dvclive"), read_curves(tmp_path / "run_reports" / "dvclive")
+    assert got["train/loss"]["step"].tolist() == want["train/loss"]["step"].tolist() == list(range(1, 7))
+    assert got["train/loss"].iloc[:, -1].tolist() == pytest.approx(want["train/loss"].iloc[:, -1].tolist(), rel=1e-5)
 
 
 def test_resume_state_of_another_config_is_ignored(tmp_path, tiny_dataset, tiny_cfg, params):

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from .errors import ConfigError
 from .schema import build, check_keys, section, typed
 from .sections import (  # noqa: F401 (re-exported: the section dataclasses are part of this module's API)
@@ -48,6 +46,11 @@ METHODS = STAGE1_METHODS + GROUP_METHODS
 PROTOTYPE_METHODS = ("protoseg", "scaleprotoseg", "scaleprotoseg_groups")
 STARTS_FROM = {"scaleprotoseg_groups": "scaleprotoseg"}  # its training starts from that method's projected model
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# experiment keys with a default: how training is carried out (precision changes the numbers; the
+# launcher keys do not, up to float round-off: the global batch is the same on any number of processes)
+EXPERIMENT_DEFAULTS = {"precision": "auto", "gpus": 1, "nodes": 1, "rdzv_endpoint": "localhost:29400"}
+LAUNCH_KEYS = ("device", "gpus", "nodes", "rdzv_endpoint")  # where and on how many processes: not what is computed
 
 
 TRAIN_SECTIONS = {
@@ -81,6 +84,10 @@ class RunConfig:
     runtime: RuntimeConfig
     extra: dict = field(default_factory=dict)  # the dataset's generator section (embedded), for checks
     start: "RunConfig | None" = None  # the method this one starts from (scaleprotoseg_groups: scaleprotoseg)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (training's autocast of the trunk and ASPP)
+    gpus: int = 1  # training processes per node (torchrun --nproc_per_node)
+    nodes: int = 1  # machines (torchrun --nnodes)
+    rdzv_endpoint: str = "localhost:29400"  # host:port of node 0, where the nodes meet (torchrun --rdzv-endpoint)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,7 +98,7 @@ class RunConfig:
         d = self.to_dict()
         d = {k: d[k] for k in sections}
         if d.get("start"):  # the start model's own run-time knobs are not part of what it computed either
-            d["start"] = {k: v for k, v in d["start"].items() if k != "runtime"}
+            d["start"] = {k: v for k, v in d["start"].items() if k not in ("runtime", *LAUNCH_KEYS)}
         d["__code__"] = code
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -111,6 +118,7 @@ class RunConfig:
             runtime=build(RuntimeConfig, d["runtime"], "runtime"),
             extra=dict(d.get("extra", {})),
             start=RunConfig.from_dict(d["start"]) if d.get("start") else None,
+            **{k: d.get(k, v) for k, v in EXPERIMENT_DEFAULTS.items()},
         )
 
 
@@ -119,6 +127,8 @@ class RunConfig:
 
 
 def read_params(path: str | Path) -> dict:
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found; run from the repository root or pass params_path.")
@@ -165,12 +175,21 @@ def load_config(
         raise ConfigError(f"Unknown dataset {dataset!r} (experiment.dataset); presets exist for {sorted(presets)}.")
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}; valid methods: {list(METHODS)}.")
-    check_keys(exp, {"dataset", "methods", "groups", "seed", "device"}, "experiment")
+    check_keys(exp, {"dataset", "methods", "groups", "seed", "device", *EXPERIMENT_DEFAULTS}, "experiment")
     method_names(params)  # the fan-out is checked whichever stage runs
     seed = typed(exp["seed"], int, "experiment.seed")
     device = exp["device"]
     if device not in DEVICES:
         raise ConfigError(f"experiment.device is {device!r}; choose one of {list(DEVICES)}.")
+    launch = {k: exp.get(k, v) for k, v in EXPERIMENT_DEFAULTS.items()}
+    if launch["precision"] not in PRECISIONS:
+        raise ConfigError(f"experiment.precision is {launch['precision']!r}; choose one of {list(PRECISIONS)}.")
+    for key in ("gpus", "nodes"):
+        launch[key] = typed(launch[key], int, f"experiment.{key}")
+        if launch[key] < 1:
+            raise ConfigError(f"experiment.{key} must be at least 1, got {launch[key]}.")
+    if not isinstance(launch["rdzv_endpoint"], str) or ":" not in launch["rdzv_endpoint"]:
+        raise ConfigError(f"experiment.rdzv_endpoint must be 'host:port', got {launch['rdzv_endpoint']!r}.")
 
     sections = resolved_sections(params, dataset)
     where = f"presets.{dataset}"
@@ -184,8 +203,17 @@ def load_config(
         made[name].check(at)
     cfg = RunConfig(dataset=dataset, method=method, seed=seed, device=device, data=made["data"], model=made["model"],
                     train=made[method], project=made[f"project_{method}"], eval=made["eval"], runtime=made["runtime"],
-                    extra=dict(params.get(dataset, {}) or {}), start=start)
+                    extra=dict(params.get(dataset, {}) or {}), start=start, **launch)
     _check_crop_fits(cfg, where)
+    finetune = getattr(cfg.project, "finetune_steps", 0)
+    if 0 < finetune < cfg.train.accumulation:
+        raise ConfigError(f"{where}.project_{method}.finetune_steps ({finetune}) is smaller than {where}.{method}."
+                          f"accumulation ({cfg.train.accumulation}): fine-tuning would never update the last layer.")
+    processes = launch["gpus"] * launch["nodes"]
+    if processes > 1 and cfg.train.batch_size % processes:
+        raise ConfigError(
+            f"{where}.{method}.batch_size ({cfg.train.batch_size}) is the global batch of a step, shared by the "
+            f"{processes} training processes (experiment.gpus × experiment.nodes): it must be divisible by {processes}.")
     return cfg
 
 

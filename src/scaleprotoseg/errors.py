@@ -15,3 +15,11 @@ class DataError(ScaleProtoSegError, ValueError):
 
 class ArtifactError(ScaleProtoSegError, FileNotFoundError):
     """An artifact that an upstream stage should have produced is missing or malformed."""
+
+
+class StageError(ScaleProtoSegError, RuntimeError):
+    """A stage run in other processes (torchrun) failed; the message carries their last output."""
+
+
+class DivergenceError(ScaleProtoSegError, FloatingPointError):
+    """Training produced a non-finite loss, gradient or weight; nothing non-finite was written."""

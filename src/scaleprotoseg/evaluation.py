@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .metrics.segmentation import confusion_matrix
+from .progress import tqdm
 
 
 @dataclass

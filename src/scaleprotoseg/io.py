@@ -1,10 +1,12 @@
-"""Atomic file writes: every output is written to a temporary sibling and renamed into place.
+"""Atomic file writes: every output is written to a temporary and renamed into place.
 
 A stage interrupted half-way therefore never leaves a truncated checkpoint, JSON or figure behind.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -13,35 +15,78 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .paths import repo_root
+
+SCRATCH = ".tmp"  # the repository's folder for temporaries (git-ignored; never a DVC output)
+
+
+def scratch_dir(path: Path) -> Path:
+    """Where `path`'s temporary is written: the `.tmp/` folder of the repository holding `path` (so nothing
+    temporary is ever inside a DVC output, even after a kill -9), or beside `path` outside a repository."""
+    try:
+        root = repo_root(path.parent)
+    except FileNotFoundError:
+        return path.parent
+    folder = root / SCRATCH
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _tag(path: Path) -> str:
+    return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+
+
+def clean_stale(path: Path) -> None:
+    """Remove temporaries a killed writer of `path` left behind (the same target only)."""
+    places = [(path.parent, f".{path.name}.*.tmp"), (path.parent, f".{path.name}.old")]
+    scratch = scratch_dir(path)
+    if scratch != path.parent:
+        places.append((scratch, f"{_tag(path)}.*.tmp"))
+    for folder, pattern in places:
+        for stale in folder.glob(pattern):
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink(missing_ok=True)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it onto `path`, else delete it."""
+    """Yield a temporary path (in the repository's `.tmp/`); on success rename it onto `path`, else delete it.
+    Stale temporaries of the same target (from a killed run) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale(path)
+    scratch = scratch_dir(path)
+    prefix = f"{_tag(path)}." if scratch != path.parent else f".{path.name}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=scratch)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:  # another file system than the repository's: copy beside the target first
+            if exc.errno != errno.EXDEV:
+                raise
+            near = path.with_name(f".{path.name}.{tmp_path.stem}.tmp")
+            shutil.copyfile(tmp_path, near)
+            os.replace(near, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to `path`; on success it replaces `path` as a whole."""
+    """Yield a temporary folder next to `path`; on success it replaces `path` as a whole. Folders a killed
+    run left (`.<name>.*.tmp`, `.<name>.old`, full-size copies for a big dataset) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*path.parent.glob(f".{path.name}.*.tmp"), path.parent / f".{path.name}.old"]:
+        if stale.is_dir():
+            shutil.rmtree(stale)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old)

@@ -1,5 +1,5 @@
 """What the paper schedule of each dataset costs: per method, the training micro-batches of every phase, the
-evaluation and projection passes, and the time they take.
+validation passes during training, the evaluation and projection passes, and the time they take.
 
 `python -m scaleprotoseg.schedule` counts the floating-point operations of one micro-batch of every phase on
 PyTorch's `meta` device (no computation, seconds on any machine): the real preset model at the preset's crop,
@@ -9,7 +9,9 @@ FLOP / `--tflops` (a sustained rate you supply: an assumption, printed with the 
 `--measure N` instead times N real micro-batches of every phase (the training code's losses, backward and
 optimiser step) on `--device` after a warm-up, and gives the time from those measured step times: run it
 on the GPU you will train on. Evaluation and projection are counted as forward passes over the split sizes
-of the official datasets, at each preset's evaluation resolution.
+of the official datasets, at each preset's evaluation resolution. So is validation during training: in each
+phase the training stage runs (`run_phase`), one validation every `runtime.val_every` mini-batches before the
+last and one at the end, each over `runtime.val_images` images (the whole val split when 0).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from .config import load_config, read_params
 from .paths import repo_root
-from .training.phases import phase_steps
+from .training.phases import METHOD_PHASES, phase_steps
 
 DATASETS = ("pascal", "cityscapes", "ade20k", "coco_stuff", "em")
 METHODS = ("deeplab", "protoseg", "scaleprotoseg", "scaleprotoseg_groups")
@@ -49,6 +51,36 @@ class PhaseCost:
     micro_batches: int
     tflop_per_micro_batch: float
     seconds_per_micro_batch: float | None = None  # measured
+
+
+@dataclass
+class Passes:
+    """Forward passes at the evaluation resolution of one (dataset, method)."""
+
+    validations: int  # during training, all phases together
+    val_images: int  # images per validation
+    eval_projection: int  # the evaluate stage's whole split, projection (and ProtoSeg's pruning) passes
+    tflop_per_forward: float
+
+    @property
+    def validation(self) -> int:
+        return self.validations * self.val_images
+
+
+def validations(steps: int, val_every: int) -> int:
+    """Validations `run_phase` runs in a phase of `steps` mini-batches: every `val_every` while the step is below
+    `steps` (none when 0), and one at the end."""
+    if steps <= 0:
+        return 0
+    return ((steps - 1) // val_every if val_every > 0 else 0) + 1
+
+
+def validation_passes(cfg, dataset: str) -> tuple[int, int]:
+    """(validations during the training stage's phases, images per validation) of `cfg`'s method; fine-tuning
+    runs in the project stage, without validation."""
+    n = sum(validations(phase_steps(cfg, ph), cfg.runtime.val_every) for ph in METHOD_PHASES[cfg.method])
+    n_val, size = SPLITS[dataset][0], cfg.runtime.val_images
+    return n, size if 0 < size < n_val else n_val
 
 
 def _model(cfg, K):
@@ -131,8 +163,8 @@ def measure_seconds(model, cfg, method, phase, batch, size, device, steps: int, 
 
 
 def estimate(params: dict, datasets=DATASETS, methods=METHODS, measure: int = 0, device="cpu") -> tuple[list, dict]:
-    """Per (dataset, method, phase) costs, and per (dataset, method) the forward TFLOP of evaluation and
-    projection passes."""
+    """Per (dataset, method, phase) costs, and per (dataset, method) the forward passes of validation, evaluation
+    and projection (`Passes`)."""
     device = torch.device(device)
     rows, passes = [], {}
     for ds in datasets:
@@ -150,25 +182,30 @@ def estimate(params: dict, datasets=DATASETS, methods=METHODS, measure: int = 0,
             fwd = count_tflop(_model(cfg, K), cfg, None, 1, _eval_size(cfg, ds), train=False)
             n_val, n_proj, _ = SPLITS[ds]
             n_fwd = n_val + (n_proj if m in ("protoseg", "scaleprotoseg") else 0) * (2 if m == "protoseg" and cfg.project.prune else 1)
-            passes[(ds, m)] = (n_fwd, fwd)
+            passes[(ds, m)] = Passes(*validation_passes(cfg, ds), n_fwd, fwd)
     return rows, passes
 
 
 def report(rows, passes, tflops: float) -> str:
-    """A markdown table: per dataset and method, micro-batches, PFLOP and hours."""
-    lines = ["| dataset | method | micro-batches | TFLOP / micro-batch (phases) | training PFLOP | eval + projection PFLOP | hours |",
-             "|---|---|---|---|---|---|---|"]
+    """A markdown table: per dataset and method, micro-batches, PFLOP (training, validation during training,
+    evaluation + projection) and hours (all of them)."""
+    head = ("| dataset | method | micro-batches | TFLOP / micro-batch (phases) | training PFLOP "
+            "| validations × images | validation PFLOP | eval + projection PFLOP | hours |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     measured = all(r.seconds_per_micro_batch is not None for r in rows)
-    for (ds, m), (n_fwd, fwd) in passes.items():
+    for (ds, m), p in passes.items():
         rs = [r for r in rows if r.dataset == ds and r.method == m]
         train_pf = sum(r.micro_batches * r.tflop_per_micro_batch for r in rs) / 1e3
-        pass_pf = n_fwd * fwd / 1e3
+        val_pf = p.validation * p.tflop_per_forward / 1e3
+        pass_pf = p.eval_projection * p.tflop_per_forward / 1e3
+        fwd_hours = (val_pf + pass_pf) * 1e3 / tflops / 3600
         if measured:
-            hours = sum(r.micro_batches * r.seconds_per_micro_batch for r in rs) / 3600 + pass_pf * 1e3 / tflops / 3600
+            hours = sum(r.micro_batches * r.seconds_per_micro_batch for r in rs) / 3600 + fwd_hours
         else:
-            hours = (train_pf + pass_pf) * 1e3 / tflops / 3600
+            hours = train_pf * 1e3 / tflops / 3600 + fwd_hours
         per = ", ".join(f"{r.phase} {r.tflop_per_micro_batch:.2f}" for r in rs)
-        lines.append(f"| {ds} | {m} | {sum(r.micro_batches for r in rs):,} | {per} | {train_pf:,.0f} | {pass_pf:,.1f} | {hours:,.1f} |")
+        lines.append(f"| {ds} | {m} | {sum(r.micro_batches for r in rs):,} | {per} | {train_pf:,.0f} "
+                     f"| {p.validations:,} × {p.val_images:,} | {val_pf:,.1f} | {pass_pf:,.1f} | {hours:,.1f} |")
     return "\n".join(lines)
 
 
@@ -178,12 +215,13 @@ def main(argv=None):
     ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--tflops", type=float, default=TFLOPS,
-                    help="sustained TFLOP/s assumed for counted FLOP (and for evaluation/projection when measuring)")
+                    help="sustained TFLOP/s assumed for counted FLOP (and for forward passes when measuring)")
     ap.add_argument("--measure", type=int, default=0, help="time this many real micro-batches per phase on --device")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     rows, passes = estimate(read_params(a.params), a.datasets, a.methods, a.measure, a.device)
-    how = (f"measured step times on {a.device} (median of {a.measure}); evaluation/projection at {a.tflops:g} TFLOP/s"
+    how = (f"measured step times on {a.device} (median of {a.measure}); validation, evaluation and projection "
+           f"at {a.tflops:g} TFLOP/s"
            if a.measure else f"counted FLOP at an assumed sustained {a.tflops:g} TFLOP/s (not measured)")
     print(f"# paper schedules: {how}")
     print(report(rows, passes, a.tflops))

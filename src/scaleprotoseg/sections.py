@@ -37,9 +37,12 @@ class DataSourceConfig:
     workers: int = 2
     skip_corrupt: bool = False
     seed: int | None = None  # EM: the slice split; folder: the train/val split when no split lists exist
+    max_image_pixels: int | None = None  # images larger than this are refused (None: Pillow's 89.5 M-pixel guard)
 
     def check(self, where: str) -> None:
         positive(self.workers, f"{where}.workers")
+        if self.max_image_pixels is not None:
+            positive(self.max_image_pixels, f"{where}.max_image_pixels")
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,20 @@ class RuntimeConfig:
     log_every: int  # mini-batches between logged losses
     checkpoint_every: int  # mini-batches between resume checkpoints
     val_every: int  # validation mIoU every N mini-batches; 0 = only at the end of a phase
-    val_images: int  # validation images used during training (0 = all)
+    val_images: int  # validation images used during training: a seeded subset (0 = all)
 
     def check(self, where: str) -> None:
         for k in ("log_every", "checkpoint_every"):
             positive(getattr(self, k), f"{where}.{k}")
         for k in ("num_workers", "val_every", "val_images"):
             non_negative(getattr(self, k), f"{where}.{k}")
+
+
+def updates_happen(steps: int, accumulation: int, key: str, where: str) -> None:
+    """A phase with steps must reach at least one optimiser update (every `accumulation` steps)."""
+    if 0 < steps < accumulation:
+        raise ConfigError(f"{key} ({steps}) is smaller than {where}.accumulation ({accumulation}): the phase would "
+                          "never update the model. Raise the steps or lower the accumulation.")
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,7 @@ class TrainConfig:
             raise ConfigError(f"{where}.optimizer is {self.optimizer!r}; choose one of {list(OPTIMIZERS)}.")
         for k in ("weight_decay", "momentum", "poly_power"):
             non_negative(getattr(self, k), f"{where}.{k}")
+        updates_happen(self.steps, self.accumulation, f"{where}.steps", where)
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,8 @@ class PrototypeTrainConfig:
             non_negative(getattr(self, k), f"{where}.{k}")
         if self.warmup_steps + self.joint_steps == 0:
             raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
+        for k in ("warmup_steps", "joint_steps"):
+            updates_happen(getattr(self, k), self.accumulation, f"{where}.{k}", where)
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,8 @@ class GroupTrainConfig:
             non_negative(getattr(self, k), f"{where}.{k}")
         if self.warmup_steps + self.joint_steps == 0:
             raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
+        for k in ("warmup_steps", "joint_steps"):
+            updates_happen(getattr(self, k), self.accumulation, f"{where}.{k}", where)
 
 
 @dataclass(frozen=True)
@@ -238,5 +253,5 @@ class EvalConfig:
 
     def check(self, where: str) -> None:
         positive(self.batch_size, f"{where}.batch_size")
-        non_negative(self.n_examples, f"{where}.n_examples")
+        positive(self.n_examples, f"{where}.n_examples")  # the evaluate stage declares its examples figure
         non_negative(self.max_images, f"{where}.max_images")

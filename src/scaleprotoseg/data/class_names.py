@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -111,3 +112,43 @@ def _check_unique(names: tuple[str, ...], path: Path) -> None:
     dup = [n for n in names if n in seen or seen.add(n)]
     if dup:
         raise DataError(f"{path}: class names must be unique (per-class results are keyed by name); repeated: {dup[:5]}.")
+
+
+def folder_classes_file(root: Path) -> tuple[dict, Path]:
+    for name in ("classes.json", "classes.yaml", "classes.yml"):
+        path = root / name
+        if path.is_file():
+            text = path.read_text()
+            try:
+                if name.endswith(".json"):
+                    spec = json.loads(text)
+                else:
+                    import yaml
+
+                    spec = yaml.safe_load(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {exc.lineno}, column {exc.colno}: {exc.msg}; expected a JSON object "
+                                '{"names": [...]} (optional "values", "void", "parts").') from None
+            except Exception as exc:  # noqa: BLE001 (yaml.YAMLError, imported lazily; its message carries the line)
+                raise DataError(f"{path} is not valid YAML ({exc}); expected a mapping with `names`.") from None
+            if not isinstance(spec, dict) or not isinstance(spec.get("names"), list) or not spec["names"]:
+                raise DataError(f"{path}: expected a mapping with a non-empty list `names` (and optional `values`, `void`).")
+            return spec, path
+    raise DataError(f"{root}: classes.json (or classes.yaml) is missing: list the class `names` (optional `values`, `void`).")
+
+
+def declared_parts(raw, names: list[str], spec_path: Path) -> dict[str, tuple[str, ...]]:
+    """The classes file's `parts` → {class: part names}, checked: known classes, non-empty lists of names."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DataError(f"{spec_path}: `parts` must map class names to lists of part names, got {type(raw).__name__}.")
+    out = {}
+    for cls, plist in raw.items():
+        if str(cls) not in names:
+            raise DataError(f"{spec_path}: `parts` key {cls!r} is not one of the class `names` {names[:10]}.")
+        if (not isinstance(plist, list) or not plist or len(plist) > 254 or len(set(map(str, plist))) != len(plist)
+                or not all(isinstance(p, str) and p for p in plist)):
+            raise DataError(f"{spec_path}: `parts.{cls}` must be a list of 1..254 distinct part names, got {plist!r}.")
+        out[str(cls)] = tuple(plist)
+    return out

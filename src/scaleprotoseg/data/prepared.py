@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..io import atomic_dir
@@ -124,6 +123,8 @@ def save_sample(root: Path, sid: str, image: np.ndarray, label: np.ndarray, part
     (no re-encoding, no loss) instead of a new PNG."""
     import shutil
 
+    from PIL import Image
+
     _check_array("image", sid, image, 3)
     _check_array("label", sid, label, 2)
     if image.shape[:2] != label.shape:
@@ -144,6 +145,8 @@ def save_sample(root: Path, sid: str, image: np.ndarray, label: np.ndarray, part
 
 
 def _read_png(path: Path, mode: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
     if not path.is_file():
         raise DataError(f"{path} is missing; re-run the data preparation stage for this dataset.")
     try:

@@ -44,6 +44,10 @@ def read_image(path: Path) -> np.ndarray:
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError as exc:
         raise DataError(f"{path} is missing.") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path} is larger than the decompression limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a guard "
+                        "against decompression bombs); if the image is genuine, raise data_sources.<dataset>."
+                        "max_image_pixels.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{path} is not a readable image ({exc}).") from exc
 

@@ -28,7 +28,6 @@ class names (`class_names.py`). Label maps:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,6 +43,8 @@ from .class_names import (  # noqa: F401 (re-exported: the tables live beside th
     PASCAL_CLASSES,
     ade_names,
     coco_stuff_names,
+    declared_parts,
+    folder_classes_file,
 )
 from .panoptic_parts import (  # noqa: F401 (re-exported)
     decode_uids,
@@ -86,7 +87,10 @@ class Source:
         image = read_image(img_path)
         if lab_path is None:  # a test image: no label; stored as all void so evaluation can never use it
             return image, np.full(image.shape[:2], VOID, np.uint8), (np.zeros(image.shape[:2], np.uint8) if self.parts else None)
-        label = self.label_map(read_index_png(lab_path))
+        try:
+            label = self.label_map(read_index_png(lab_path))
+        except DataError as exc:
+            raise DataError(str(exc) if str(exc).startswith(str(lab_path)) else f"{lab_path}: {exc}") from None
         if image.shape[:2] != label.shape:
             raise DataError(f"{lab_path}: label {label.shape} and image {img_path.name} {image.shape[:2]} differ in size.")
         parts = None
@@ -261,28 +265,49 @@ def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
     for need in ("images", "masks"):
         if not (root / need).is_dir():
             raise DataError(f"{root}: the folder dataset needs {need}/ (images/ and masks/ with matching file stems).")
-    spec, spec_path = _classes_file(root)
+    spec, spec_path = folder_classes_file(root)
     names = spec["names"]
     void = int(spec.get("void", VOID))
     values = spec.get("values", list(range(len(names))))
     if len(values) != len(names):
         raise DataError(f"{root}: classes file lists {len(names)} names but {len(values)} values.")
     table = lookup_table({int(v): k for k, v in enumerate(values)}, default=VOID)
+    known = np.zeros(256, bool)
+    known[[int(v) for v in values if 0 <= int(v) < 256]] = True
+    if 0 <= void < 256:
+        known[void] = True
     images = {p.stem: p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.stem: p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     unmatched = sorted(set(images) ^ set(masks))
     if unmatched:
         raise DataError(f"{root}: these stems have an image without a mask or a mask without an image: {unmatched[:10]}.")
     ids = sorted(images)
+    if not ids:
+        raise DataError(f"{root / 'images'}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}); nothing to prepare.")
     if (root / "splits" / "train.txt").is_file() and (root / "splits" / "val.txt").is_file():
         splits = {s: _read_list(root / "splits" / f"{s}.txt") for s in ("train", "val")}
+        for s, listed in splits.items():
+            lost = [i for i in listed if i not in images]
+            if lost:
+                raise DataError(f"{root / 'splits' / f'{s}.txt'}: {len(lost)} id(s) have no image in images/ and mask in "
+                                f"masks/, e.g. {lost[:10]}; fix the list or add the files.")
+            if not listed:
+                raise DataError(f"{root / 'splits' / f'{s}.txt'} lists no image; every split needs at least one.")
     else:
         rng = np.random.default_rng(seed)
         perm = [ids[i] for i in rng.permutation(len(ids))]
         n_val = max(1, int(round(val_fraction * len(ids))))
         splits = {"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val])}
+        if not splits["train"]:
+            raise DataError(f"{root / 'images'}: {len(ids)} image(s) leave none for training after the validation "
+                            "split; add images or write splits/train.txt and splits/val.txt.")
 
     def label_map(a: np.ndarray) -> np.ndarray:
+        unknown = ~known[a] if a.max() < 256 else np.ones(1, bool)
+        if unknown.any():
+            vals = sorted({int(v) for v in np.unique(a) if not (0 <= v < 256 and known[v])})
+            raise DataError(f"mask values {vals[:10]} are neither class values nor the void value {void} of "
+                            f"{spec_path.name}; add them to `values` (with names) or map them to void.")
         out = table[a]
         out[a == void] = VOID
         return out
@@ -297,7 +322,7 @@ def _folder_parts(root: Path, spec: dict, spec_path: Path, images: dict[str, Pat
     the classes file's `parts` ({class: [part names]}) → (parts, stem → mask, check of a mask against its
     label). Images without a mask get no visible part; part values on void pixels are ignored."""
     names = [str(n) for n in spec["names"]]
-    declared = _declared_parts(spec.get("parts"), names, spec_path)
+    declared = declared_parts(spec.get("parts"), names, spec_path)
     folder = root / "parts"
     files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES} if folder.is_dir() else {}
     if not declared:
@@ -325,40 +350,6 @@ def _folder_parts(root: Path, spec: dict, spec_path: Path, images: dict[str, Pat
         return np.where(void, 0, parts).astype(np.uint8)
 
     return declared, files, check
-
-
-def _declared_parts(raw, names: list[str], spec_path: Path) -> dict[str, tuple[str, ...]]:
-    """The classes file's `parts` → {class: part names}, checked: known classes, non-empty lists of names."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise DataError(f"{spec_path}: `parts` must map class names to lists of part names, got {type(raw).__name__}.")
-    out = {}
-    for cls, plist in raw.items():
-        if str(cls) not in names:
-            raise DataError(f"{spec_path}: `parts` key {cls!r} is not one of the class `names` {names[:10]}.")
-        if (not isinstance(plist, list) or not plist or len(plist) > 254 or len(set(map(str, plist))) != len(plist)
-                or not all(isinstance(p, str) and p for p in plist)):
-            raise DataError(f"{spec_path}: `parts.{cls}` must be a list of 1..254 distinct part names, got {plist!r}.")
-        out[str(cls)] = tuple(plist)
-    return out
-
-
-def _classes_file(root: Path) -> tuple[dict, Path]:
-    for name in ("classes.json", "classes.yaml", "classes.yml"):
-        path = root / name
-        if path.is_file():
-            text = path.read_text()
-            if name.endswith(".json"):
-                spec = json.loads(text)
-            else:
-                import yaml
-
-                spec = yaml.safe_load(text)
-            if not isinstance(spec, dict) or not isinstance(spec.get("names"), list) or not spec["names"]:
-                raise DataError(f"{path}: expected a mapping with a non-empty list `names` (and optional `values`, `void`).")
-            return spec, path
-    raise DataError(f"{root}: classes.json (or classes.yaml) is missing: list the class `names` (optional `values`, `void`).")
 
 
 # How to give each dataset part annotations (consistency and stability need them).

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .prepared import VOID
 
 
 def rescale(image: np.ndarray, label: np.ndarray | None, factor: float):
     """Resize by `factor` to (⌊h·f⌋, ⌊w·f⌋): image bilinear, label nearest."""
+    from PIL import Image
+
     h, w = image.shape[:2]
     size = (max(1, int(w * factor)), max(1, int(h * factor)))  # PIL wants (W, H)
     image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
@@ -43,7 +44,8 @@ def train_transform(
     mean,
     std,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One augmented training crop: (image 3×crop×crop float, label crop×crop int64 with void = 255)."""
+    """One augmented training crop: (image 3×crop×crop float, label crop×crop uint8 with void = 255; the
+    labels travel to the device as bytes and become int64 there)."""
     factor = rng.uniform(*scale_range)
     image, label = rescale(image, label, factor)
     h, w = label.shape
@@ -62,7 +64,7 @@ def train_transform(
     label = label[y : y + crop, x : x + crop]
     if flip and rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
-    return normalise(image, mean, std), torch.from_numpy(np.array(label, dtype=np.int64))
+    return normalise(image, mean, std), torch.from_numpy(np.array(label, dtype=np.uint8))
 
 
 def eval_input_size(h: int, w: int, eval_size, eval_short_side) -> tuple[int, int]:
@@ -76,6 +78,8 @@ def eval_input_size(h: int, w: int, eval_size, eval_short_side) -> tuple[int, in
 
 
 def eval_transform(image: np.ndarray, eval_size, eval_short_side, mean, std) -> torch.Tensor:
+    from PIL import Image
+
     h, w = image.shape[:2]
     th, tw = eval_input_size(h, w, eval_size, eval_short_side)
     if (th, tw) != (h, w):
@@ -89,3 +93,18 @@ def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tens
         return labels
     out = torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")
     return out[:, 0].long()
+
+
+def present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, C) long: per image the classes that occur in `labels` (B, H, W), ascending, padded with −1 to the
+    batch's largest count C (at least 1). Meant for host-side labels (the data loader computes it), so that
+    the diversity loss works on the classes of each image without a device synchronisation."""
+    B = labels.shape[0]
+    flat = labels.reshape(B, -1).long()
+    hits = torch.zeros(B, max(num_classes, 1) + 1, dtype=torch.bool, device=labels.device)
+    hits.scatter_(1, flat.clamp(max=num_classes), True)  # void and other values land in the last column
+    hits = hits[:, :num_classes]
+    C = max(int(hits.sum(1).max()) if B else 0, 1)
+    k = torch.arange(num_classes, device=labels.device)
+    ranked = torch.where(hits, k, num_classes + k).sort(1).values[:, :C]
+    return torch.where(ranked < num_classes, ranked, -1)

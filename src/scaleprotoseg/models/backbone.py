@@ -197,13 +197,13 @@ def imagenet_state_dict(pretrained_path: str | None = None) -> dict[str, torch.T
             raise ConfigError(f"model.pretrained_path: {path} does not exist. {_HOW_TO_FIX}")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        except Exception as exc:
             raise ConfigError(f"model.pretrained_path: cannot read {path} ({exc}). {_HOW_TO_FIX}") from exc
     try:
         from torchvision.models import ResNet101_Weights
 
         return ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-    except Exception as exc:  # noqa: BLE001 - no network, proxy, corrupt cache ...
+    except Exception as exc:
         raise ConfigError(f"model.pretrained: could not obtain ImageNet ResNet-101 weights ({exc}). {_HOW_TO_FIX}") from exc
 
 

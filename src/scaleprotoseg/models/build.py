@@ -48,15 +48,28 @@ def build_for(cfg: RunConfig, num_classes: int, offline: bool = False) -> nn.Mod
     return model
 
 
-def load_model(checkpoint: str | Path, device="cpu", stage_hint: str = "the training stage"):
+def load_model(checkpoint: str | Path, device="cpu", stage_hint: str = "the training stage",
+               expect: RunConfig | None = None, classes=None):
     """Rebuild a trained model from its checkpoint alone (never downloads weights or runs code from it):
-    (model in eval mode on `device`, its RunConfig, the checkpoint payload)."""
+    (model in eval mode on `device`, its RunConfig, the checkpoint payload). With `expect` (and the dataset's
+    `classes`), a checkpoint of another method, dataset or class list is refused, naming what differs."""
     payload = load_checkpoint(checkpoint, stage_hint)
     try:
         cfg = RunConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ConfigError) as exc:
         raise ArtifactError(f"{checkpoint}: its stored configuration does not fit this version of the code (no or wrong "
                             f"{exc}); it was made by an older version: re-run {stage_hint} to remake it.") from exc
+    if expect is not None:
+        stored = {"method": cfg.method, "dataset": cfg.dataset}
+        wanted = {"method": expect.method, "dataset": expect.dataset}
+        if classes is not None:
+            stored["classes"], wanted["classes"] = list(payload["classes"]), list(classes)
+        wrong = [f"{k} {stored[k]!r} (expected {wanted[k]!r})" if k != "classes" else
+                 f"{len(stored[k])} classes {stored[k][:4]}… (the prepared data has {len(wanted[k])}: {wanted[k][:4]}…)"
+                 for k in stored if stored[k] != wanted[k]]
+        if wrong:
+            raise ArtifactError(f"{checkpoint} does not belong here: it holds {'; '.join(wrong)}. Re-run {stage_hint} "
+                                "(`dvc repro`) to remake it for this configuration and data.")
     model = build_for(cfg, len(payload["classes"]), offline=True)
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), cfg, payload

@@ -4,8 +4,8 @@ docs/method.md §2.4–§2.7 is the specification. The pieces:
 
 - `PrototypeLayer`: P prototypes of dimension D in the **scale-major** layout idx(s, c, m) = s·K·M + c·M + m;
   `proto_class` and `proto_scale` are buffers, so they survive de-duplication and pruning and live in the
-  state dict. The squared-L2 distance compares each prototype with its own scale's D-channel slice only,
-  in one matmul against a block-diagonal prototype matrix (no loop over scales, classes or pixels).
+  state dict. The squared-L2 distance compares each prototype with its own scale's D-channel slice only:
+  one matmul per scale against that scale's prototypes (no loop over classes or pixels).
   Similarity: log((d + 1)/(d + ε)), ε = 1e-4.
 - `PrototypeSegmenter`: trunk → ASPP (ProtoSeg: branches summed to D channels; ScaleProtoSeg: concatenated,
   S × D) → sigmoid → distances → similarities → class logits through `last_layer` (+1 own class, −0.5
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import class_slots, group_entropy, kld_pair_mask
+from ..losses import class_slots, float32_region, full_precision, group_entropy, kld_pair_mask
 from .aspp import ASPP
 from .base import SegmentationModel
 
@@ -70,22 +70,45 @@ class PrototypeLayer(nn.Module):
             cache[key] = kld_pair_mask(self.proto_class, self.proto_scale, self.num_classes, per_scale)
         return cache[key]
 
-    def block_matrix(self) -> torch.Tensor:
-        """(P, S·D): prototype p's vector in the D columns of its scale, zeros elsewhere."""
-        P, D, S = self.num_prototypes, self.dim, self.num_scales
-        cols = self.proto_scale[:, None] * D + torch.arange(D, device=self.vectors.device)
-        return torch.zeros(P, S * D, device=self.vectors.device, dtype=self.vectors.dtype).scatter(1, cols, self.vectors)
+    def scale_layout(self):
+        """Per scale, how many prototypes it has, and the permutation that sorts prototypes by scale (None when
+        they already are: the scale-major layout, kept by de-duplication and pruning). Cached per prototype set."""
+        cache = self.__dict__.setdefault("_pair_cache", {})
+        key = ("scales", self.proto_scale.device)
+        if key not in cache and self.proto_scale.device.type == "meta":  # no values (FLOP counting): the built layout
+            cache[key] = ([self.num_prototypes // self.num_scales] * self.num_scales, None, None)
+        if key not in cache:
+            counts = torch.bincount(self.proto_scale, minlength=self.num_scales).tolist()
+            order = torch.argsort(self.proto_scale, stable=True)
+            ordered = bool((order == torch.arange(len(order), device=order.device)).all())
+            cache[key] = (counts, None if ordered else order, None if ordered else torch.argsort(order))
+        return cache[key]
 
     def distances(self, feats: torch.Tensor) -> torch.Tensor:
-        """Squared L2 distance (B, P, h, w) of every prototype to its scale's slice of `feats` (B, S·D, h, w)."""
+        """Squared L2 distance (B, P, h, w) of every prototype to its scale's slice of `feats` (B, S·D, h, w).
+
+        d = ‖f_s‖² − 2 f_s·p + ‖p‖², the cross term one matmul per scale with that scale's prototypes only
+        (S·P·D multiply-adds per pixel would compare every prototype with every scale). Computed in float32
+        whatever the autocast context: the subtraction cancels catastrophically in half precision."""
         B, C, h, w = feats.shape
         S, D = self.num_scales, self.dim
         if C != S * D:
             raise ValueError(f"features have {C} channels, the prototype layer expects {S} × {D}")
-        xx = feats.pow(2).view(B, S, D, h, w).sum(2)[:, self.proto_scale]  # (B, P, h, w)
-        xp = torch.einsum("bchw,pc->bphw", feats, self.block_matrix())
-        pp = self.vectors.pow(2).sum(1)[None, :, None, None]
-        return F.relu(xx - 2 * xp + pp)
+        with float32_region(feats.device):
+            f = full_precision(feats).view(B, S, D, h * w)
+            xx = f.pow(2).sum(2)[:, self.proto_scale].view(B, -1, h, w)  # (B, P, h, w)
+            counts, order, inverse = self.scale_layout()
+            vectors = full_precision(self.vectors) if order is None else full_precision(self.vectors)[order]
+            parts, start = [], 0
+            for s, n in enumerate(counts):
+                if n:
+                    parts.append(torch.matmul(vectors[start:start + n], f[:, s]))  # (B, n, h·w)
+                    start += n
+            xp = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+            if inverse is not None:
+                xp = xp[:, inverse]
+            pp = full_precision(self.vectors).pow(2).sum(1)[None, :, None, None]
+            return F.relu(xx - 2 * xp.view(B, -1, h, w) + pp)
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the prototypes at `index` (sorted), e.g. after de-duplication or pruning."""
@@ -162,7 +185,8 @@ class GroupHead(nn.Module):
         return z.exp().reshape(B, self.num_classes * self.groups, h, w)
 
     def forward(self, sim: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bghw,kg->bkhw", self.group_activations(sim), self.head)
+        with float32_region(sim.device):  # the head is float32 under mixed precision
+            return torch.einsum("bghw,kg->bkhw", self.group_activations(full_precision(sim)), self.head)
 
     def off_class_l1(self) -> torch.Tensor:
         return off_class_l1(self.head, self.group_class, self.num_classes)
@@ -227,15 +251,18 @@ class PrototypeSegmenter(SegmentationModel):
         """Sigmoid features (B, S·D, h, w): a list of MSC outputs in training, one tensor in evaluation."""
         training = self.training if training is None else training
         out = self.msc(x, training)
-        return [torch.sigmoid(o) for o in out] if isinstance(out, list) else torch.sigmoid(out)
+        return [torch.sigmoid(full_precision(o)) for o in out] if isinstance(out, list) else torch.sigmoid(full_precision(out))
 
     def head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        d = self.prototypes.distances(feats)
-        sim = log_similarity(d)
-        if self.group_head is not None:
-            logits = self.group_head(sim)
-        else:
-            logits = torch.einsum("bphw,kp->bkhw", sim, self.last_layer)
+        """Distances, similarities and logits, in float32 even under autocast (mixed precision covers the
+        trunk and ASPP only: d = ‖f‖² − 2f·p + ‖p‖² and log((d+1)/(d+ε)) near d = 0 are not half-precision safe)."""
+        with float32_region(feats.device):
+            d = self.prototypes.distances(full_precision(feats))
+            sim = log_similarity(d)
+            if self.group_head is not None:
+                logits = self.group_head(sim)
+            else:
+                logits = torch.einsum("bphw,kp->bkhw", sim, self.last_layer)
         return {"logits": logits, "distances": d, "similarities": sim}
 
     def forward(self, x: torch.Tensor):

@@ -14,7 +14,6 @@ from ..artifacts import final_checkpoint
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
-from ..errors import ArtifactError
 from ..evaluation import evaluate
 from ..io import write_csv
 from ..metrics.segmentation import summarise
@@ -27,10 +26,8 @@ def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir
     """Whole-image mIoU on the validation split; metrics JSON, per-class table and figures."""
     report_dir = Path(report_dir)
     device = resolve_device(cfg.device)
-    model, _, payload = load_model(final_checkpoint(train_dir, project_dir), device)
     meta = read_meta(data_root)
-    if tuple(payload["classes"]) != meta.classes:
-        raise ArtifactError(f"The checkpoint's classes {payload['classes']} differ from {data_root}'s; re-run training.")
+    model, _, payload = load_model(final_checkpoint(train_dir, project_dir), device, f"train@{cfg.method}", cfg, meta.classes)
     loader = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, cfg.eval.max_images, cfg.runtime.num_workers)
     n = len(loader.dataset)
     rng = np.random.default_rng([cfg.seed, 40])

@@ -15,5 +15,5 @@ def export(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, 
     from ..export import export_test_predictions
 
     device = resolve_device(cfg.device)
-    model, _, _ = load_model(final_checkpoint(train_dir, project_dir), device)
+    model, _, _ = load_model(final_checkpoint(train_dir, project_dir), device, f"train@{cfg.method}", cfg)
     return export_test_predictions(model, data_root, cfg.data, cfg.dataset, out_dir, device, progress)

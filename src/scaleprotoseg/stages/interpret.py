@@ -35,8 +35,8 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
             tmp.write_text("deeplab has no prototypes: no interpretability tables or figures.\n")
         return info
     device = resolve_device(cfg.device)
-    model, _, payload = load_model(Path(project_dir) / "model.pt", device, f"project@{cfg.method}")
     meta = read_meta(data_root)
+    model, _, payload = load_model(Path(project_dir) / "model.pt", device, f"project@{cfg.method}", cfg, meta.classes)
     val = PreparedDataset(data_root, "val")
     names = prototype_names(model, meta.classes)
     proj = read_json(Path(project_dir) / "projection.json")

@@ -42,6 +42,10 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
     if not raw.is_dir():
         raise ConfigError(f"data_sources.{dataset}.root: {raw} does not exist; put the dataset there in its original "
                           "layout (README, 'Raw datasets') or point the key at it.")
+    if spec.max_image_pixels is not None:  # Pillow's decompression-bomb guard, for genuinely huge images
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = spec.max_image_pixels
     scan = SCANNERS[dataset]
     source = scan(raw, seed=spec.seed) if spec.seed is not None else scan(raw)
     res = prepare_source(source, root, workers=spec.workers, skip_corrupt=spec.skip_corrupt, progress=progress)

@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import launch
 from ..artifacts import copy_projection_records
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..errors import ArtifactError
-from ..io import atomic_path, write_csv, write_json
+from ..io import atomic_path, read_json, write_csv, write_json
 from ..models.build import load_model
+from ..training import distributed
 from ..training.checkpoint import save_checkpoint
 from ..training.loop import resolve_device
 from .context import seed_everything
@@ -33,8 +35,13 @@ def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, pro
                 "note": "deeplab is the black-box baseline: it has no prototypes to project; evaluation uses the trained model."}
     elif cfg.method == "scaleprotoseg_groups":
         info = threshold_groups(cfg, train_dir, out_dir)
+    elif launch.wanted(cfg):  # experiment.gpus × nodes > 1: the pass and the fine-tuning under torchrun
+        launch.run("project", cfg, {"data": data_root, "train": train_dir, "out": out_dir}, progress)
+        return read_json(out_dir / "projection.json")
     else:
         info = project_prototypes(cfg, data_root, train_dir, out_dir, progress)
+        if not distributed.current().main:
+            return info
     write_json(out_dir / "projection.json", info)
     return info
 
@@ -49,15 +56,19 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     from ..training.runner import run_phases
 
     device = resolve_device(cfg.device)
+    world = distributed.init(device)
+    device = distributed.rank_device(device, world)
     seed_everything(cfg.seed)
-    model, _, payload = load_model(train_dir / "model.pt", device)
     meta = read_meta(data_root)
+    model, _, payload = load_model(train_dir / "model.pt", device, f"train@{cfg.method}", cfg, meta.classes)
     split = projection_split(meta)
     source = PreparedDataset(data_root, split)
     loader = eval_loader(data_root, split, cfg.data, 1, num_workers=cfg.runtime.num_workers)
     names = prototype_names(model, meta.classes)
     t0 = time.perf_counter()
-    proj = pj.find_nearest(model, loader, device, progress, rule=cfg.project.rule)
+    mine = loader if world.size == 1 else eval_loader(data_root, split, cfg.data, 1, num_workers=cfg.runtime.num_workers,
+                                                       indices=distributed.shard(len(source), world))
+    proj = reduce_projection(pj.find_nearest(model, mine, device, progress and world.main, rule=cfg.project.rule))
     seconds_pass = time.perf_counter() - t0
     with torch.no_grad():
         model.prototypes.vectors.copy_(proj.vectors)
@@ -72,7 +83,8 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     info = {"method": cfg.method, "split": split, "images": len(source), "prototypes_before": len(names),
             "duplicates_removed": len(names) - len(ids), "no_eligible_pixel": missing,
             "projection_pass_seconds": round(seconds_pass, 2)}
-    save_checkpoint(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
+    save = save_checkpoint if world.main else (lambda *a, **k: None)  # rank 0 writes
+    save(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
     logger = None
     phases = run_phases(model, cfg, ("finetune",), data_root, out_dir, logger, device, progress, None, meta)
     if cfg.method == "protoseg" and cfg.project.prune:
@@ -84,24 +96,39 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
         ids = ids[keep2.cpu().numpy()]
         model.keep_prototypes(keep2)
         info["pruned"] = pruned
-        save_checkpoint(out_dir / "pruned.pt", model, cfg.to_dict(), phase="pruned", step=0, classes=list(meta.classes))
+        save(out_dir / "pruned.pt", model, cfg.to_dict(), phase="pruned", step=0, classes=list(meta.classes))
         phases += run_phases(model, cfg, ("finetune",), data_root, out_dir / "after_pruning", None, device, progress,
                              None, meta)
     info["prototypes"] = model.prototypes.num_prototypes
     info["phases"] = phases
+    if not world.main:
+        distributed.barrier()
+        return info
     write_csv(table, out_dir / "provenance.csv")
     with atomic_path(out_dir / "patches.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, patches=patches[ids], boxes=boxes[ids], names=np.array([names[i] for i in ids]))
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="final", step=0, classes=list(meta.classes))
+    distributed.barrier()
     return info
+
+
+def reduce_projection(proj):
+    """Across processes that each searched their block of the split: per prototype the overall nearest
+    (ties to the earliest image, as one process would keep), every field taken from the process that found it."""
+    if distributed.current().size == 1:
+        return proj
+    mine = distributed.winner_rows(proj.distance)
+    for name in ("vectors", "distance", "image", "position", "feature_size", "box"):
+        setattr(proj, name, distributed.gather_rows(getattr(proj, name), mine))
+    return proj
 
 
 def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
     """The grouped model is evaluated after zeroing group weights below the threshold (no renormalisation)."""
     from ..models.prototypes import prototype_counts
 
-    model, _, payload = load_model(train_dir / "model.pt")
+    model, _, payload = load_model(train_dir / "model.pt", "cpu", f"groups@{cfg.method}", cfg)
     before = prototype_counts(model)
     model.group_head.threshold(cfg.project.threshold)
     after = prototype_counts(model)

@@ -8,16 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from .. import launch
 from ..artifacts import copy_projection_records
-from ..config import RunConfig
-from ..data.loader import eval_loader
+from ..config import LAUNCH_KEYS, RunConfig
+from ..data.loader import eval_loader, val_subset
 from ..data.prepared import read_meta
 from ..errors import ArtifactError
-from ..io import write_json
+from ..io import read_json, write_json
 from ..models.build import build_for, load_model
+from ..training import distributed
 from ..training.checkpoint import save_checkpoint
-from ..training.loop import resolve_device
+from ..training.loop import resolve_device, resolve_precision
 from ..training.phases import METHOD_PHASES, phase_steps
 from ..training.runner import run_phases
 from .context import seed_everything
@@ -46,53 +49,80 @@ def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, prog
     """Train `cfg.method` through its phases; write `out_dir/model.pt` (the last phase's end state), one
     checkpoint per phase, `train_summary.json`, and curves under `report_dir/dvclive`.
 
-    scaleprotoseg_groups starts from `start_checkpoint` (scaleprotoseg's projected model)."""
+    scaleprotoseg_groups starts from `start_checkpoint` (scaleprotoseg's projected model). With
+    experiment.gpus × experiment.nodes > 1 it runs itself under torchrun (`launch`) and waits."""
     out_dir, report_dir = Path(out_dir), Path(report_dir)
+    if launch.wanted(cfg):
+        launch.run("train", cfg, {"data": data_root, "out": out_dir, "report": report_dir, "start-from": start_checkpoint}, progress)
+        return read_json(out_dir / "train_summary.json")
     meta = read_meta(data_root)
     device = resolve_device(cfg.device)
+    world = distributed.init(device)
+    device = distributed.rank_device(device, world)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick the fastest convolutions
     seed_everything(cfg.seed)
-    model = _start_model(cfg, start_checkpoint, device, out_dir) if cfg.start is not None else build_for(cfg, meta.num_classes)
+    model = _start_model(cfg, start_checkpoint, device, out_dir, meta.classes) if cfg.start is not None else build_for(cfg, meta.num_classes)
     model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        if world.size > 1 and not (cfg.start or cfg).model.freeze_bn:  # BatchNorm that learns: whole-batch statistics
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     phases = METHOD_PHASES[cfg.method]
-    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, cfg.runtime.val_images, cfg.runtime.num_workers)
-    started = any((out_dir / f"{kind}{ph}.pt").is_file() for ph in phases for kind in ("", "resume_"))
-    logger = LiveLogger(report_dir / "dvclive", resume=started)
+    val = eval_loader(data_root, "val", cfg.data, cfg.eval.batch_size, num_workers=cfg.runtime.num_workers,
+                      indices=_my_share(val_subset(len(meta.splits["val"]), cfg.runtime.val_images, cfg.seed), world))
+    # Curves start afresh each run: finished phases and a resumed phase replay their stored histories, so a
+    # resume has no gap (what DVC removed) and no repeat (steps logged after the last resume state).
+    logger = LiveLogger(report_dir / "dvclive", resume=False) if world.main else None
     after_update = model.group_head.project if getattr(model, "group_head", None) is not None else None
     done = run_phases(model, cfg, phases, data_root, out_dir, logger, device, progress, interrupt_at, meta,
                       after_update=after_update, val=val)
-    logger.end()
     steps = sum(phase_steps(cfg, ph) for ph in phases)
+    if not world.main:
+        distributed.barrier()  # rank 0 writes the outputs
+        return {}
+    logger.end()
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase=phases[-1], step=steps, classes=list(meta.classes))
-    return _train_summary(cfg, out_dir, model, device, done, steps)
+    summary = _train_summary(cfg, out_dir, model, device, done, steps, world.size)
+    distributed.barrier()
+    return summary
 
 
-def _start_model(cfg: RunConfig, start_checkpoint: Path | None, device, out_dir: Path):
+def _my_share(indices, world):
+    """This process's block of the validation images (the runner sums the confusion matrices)."""
+    return [indices[i] for i in distributed.shard(len(indices), world)]
+
+
+def _start_model(cfg: RunConfig, start_checkpoint: Path | None, device, out_dir: Path, classes=None):
     """The model a method starts from when it is not the backbone's initialisation: scaleprotoseg_groups
     starts from scaleprotoseg's projected model, which must have been made with today's scaleprotoseg settings."""
     if start_checkpoint is None or not Path(start_checkpoint).is_file():
         raise ArtifactError(f"{start_checkpoint}: {cfg.method} starts from the projected {cfg.start.method} model; "
                             f"run `dvc repro project@{cfg.start.method}` first.")
-    model, start_cfg, _ = load_model(start_checkpoint, device, f"project@{cfg.start.method}")
+    model, start_cfg, _ = load_model(start_checkpoint, device, f"project@{cfg.start.method}", cfg.start, classes)
     if _computed(start_cfg) != _computed(cfg.start):
         raise ArtifactError(f"{start_checkpoint} was trained with other {cfg.start.method} settings than params.yaml now has; "
                             f"re-run `dvc repro project@{cfg.start.method}`.")
     model.add_groups(cfg.train.groups)
-    copy_projection_records(Path(start_checkpoint).parent, out_dir)  # provenance and patches travel with the model
+    if distributed.current().main:
+        copy_projection_records(Path(start_checkpoint).parent, out_dir)  # provenance and patches travel with the model
     return model
 
 
 def _computed(cfg: RunConfig) -> dict:
     """A configuration without its run-time knobs: what a model's weights depend on."""
-    return {k: v for k, v in cfg.to_dict().items() if k != "runtime"}
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("runtime", *LAUNCH_KEYS)}
 
 
-def _train_summary(cfg, out_dir, model, device, phases, steps) -> dict:
+def _train_summary(cfg, out_dir, model, device, phases, steps, processes: int = 1) -> dict:
     summary = {
         "method": cfg.method,
         "steps": steps,
         "phases": phases,
         "seconds": round(sum(p["seconds"] for p in phases), 2),
         "device": str(device),
+        "processes": processes,
+        "precision": resolve_precision(cfg.precision, device),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     write_json(Path(out_dir) / "train_summary.json", summary)

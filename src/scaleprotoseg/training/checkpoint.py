@@ -13,24 +13,43 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, DivergenceError
 from ..io import atomic_path
 
 FORMAT = "scaleprotoseg-checkpoint-v1"
 
 
+def check_finite(state: dict, path: str | Path) -> None:
+    """Refuse to write weights with inf/NaN (a diverged run must not replace a good checkpoint)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise DivergenceError(f"not writing {path}: {len(bad)} tensor(s) hold inf/NaN ({', '.join(bad[:5])}); the "
+                              "training diverged. The previous file is kept; lower the learning rates and run again.")
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict, phase: str, step: int, **extra: Any) -> Path:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    check_finite(state, path)
     payload = {
         "format": FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "config": config,
         "phase": phase,
         "step": int(step),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(payload, path)
     return Path(path)
+
+
+def write_torch(obj, path: str | Path) -> None:
+    """`torch.save` atomically; a failed write (a full disk) names the file and keeps the previous one."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as exc:  # torch reports a short write as RuntimeError
+        raise ArtifactError(f"could not write {path} ({exc}); is the disk full? The previous {Path(path).name}, "
+                            "if any, is unchanged; free space and run again (the run resumes).") from exc
 
 
 def load_checkpoint(path: str | Path, stage_hint: str = "the training stage") -> dict:

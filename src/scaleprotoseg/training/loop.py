@@ -9,21 +9,30 @@ Resume: every `checkpoint_every` mini-batches (at an update boundary) the model,
 are written atomically to `resume_path`, tagged with a fingerprint of the configuration. A later call with
 the same fingerprint continues from that step with exactly the batches it would have seen (the loader is
 a pure function of the step); a different fingerprint starts afresh.
+
+Precision: the loss runs under `autocast(device, precision)` (the prototype head and losses keep float32
+themselves); fp16 adds gradient scaling. Several processes (torchrun): the step runs through
+DistributedDataParallel over `LossStep` (re-wrapped per phase, since a phase decides what trains), with the
+losses' means over the whole sharded batch (`losses.sharded_batch`) and no gradient all-reduce on the
+accumulation steps that do not end an update. See docs/method.md §11.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..io import atomic_path
+from ..errors import ConfigError, DivergenceError
+from ..losses import sharded_batch
+from ..progress import tqdm
+from . import distributed
+from .checkpoint import check_finite, write_torch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,6 +62,34 @@ def poly_factor(update: int, total_updates: int, power: float) -> float:
     return max(1.0 - update / total_updates, 0.0) ** power
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto`: bf16 on a CUDA device that supports it, fp32 otherwise (CPU). (config.py checks the name.)"""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("experiment.precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU.")
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast of the trunk and ASPP for bf16/fp16 (the prototype head and the losses stay float32: they
+    disable it themselves); a disabled context for fp32."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+class LossStep(nn.Module):
+    """`loss_fn(model, images, labels, classes)` as a module, so that DistributedDataParallel sees every
+    parameter the loss uses (the group phases call the head directly, not `model.forward`)."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, images, labels, classes=None):
+        return self.loss_fn(self.model, images, labels, classes)
+
+
 @dataclass
 class PhaseResult:
     phase: str
@@ -62,6 +99,17 @@ class PhaseResult:
     last_loss: float
 
 
+def _to_device(batch, device: torch.device, channels_last: bool):
+    """(images, int64 labels, classes or None) on `device`; loaders may yield (images, labels) only."""
+    images, labels, *rest = batch
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(device, non_blocking=True).long()
+    classes = rest[0].to(device, non_blocking=True) if rest else None
+    return images, labels, classes
+
+
 def run_phase(
     model: nn.Module,
     *,
@@ -69,8 +117,8 @@ def run_phase(
     steps: int,
     accumulation: int,
     optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
-    make_loader: Callable[[int], "torch.utils.data.DataLoader"],
+    loss_fn: Callable[..., torch.Tensor],
+    make_loader: Callable[[int], torch.utils.data.DataLoader],
     device: torch.device,
     resume_path: str | Path | None = None,
     fingerprint: str = "",
@@ -83,80 +131,149 @@ def run_phase(
     after_update: Callable[[], None] | None = None,
     interrupt_at: int | None = None,
     progress: bool = True,
+    precision: str = "fp32",
+    lr_keys: tuple[str, ...] = (),
+    history: list | None = None,
+    replay: Callable[[list], None] | None = None,
 ) -> PhaseResult:
-    """Train `model` for `steps` mini-batches; `loss_fn(model, images, labels)` returns a scalar loss."""
+    """Train `model` for `steps` mini-batches; `loss_fn(model, images, labels, classes=None)` returns a scalar.
+
+    Under torchrun (a process group of several processes) the model is wrapped in DistributedDataParallel
+    for this phase and each process sees its shard of every step's batch (the loader's business); the
+    logged loss is the whole batch's, and only rank 0 writes the resume state and logs."""
+    world = distributed.current()
     start = 0
-    if resume_path is not None and Path(resume_path).is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+    state = _read_resume(resume_path, phase)
+    if state is not None:
         if state.get("fingerprint") == fingerprint and state.get("phase") == phase:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start = int(state["step"])
             print(f"[{phase}] resuming from step {start} ({resume_path})")
+            if history is not None:  # the curves up to the resume point belong to the resume state
+                history[:] = state.get("history", [])
+                if replay is not None:
+                    replay(history)
         else:
             print(f"[{phase}] ignoring {resume_path}: it belongs to another configuration or phase")
     total_updates = max(steps // accumulation, 1)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    good = start  # the last step known to be finite
     n_logged, last_loss = 0, float("nan")
     model.train()
+    step_module = LossStep(model, loss_fn)
+    if world.size > 1:
+        step_module = distributed.wrap(step_module, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    channels_last = device.type == "cuda"
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(total=steps, initial=start, desc=phase, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc=phase, disable=not (progress and world.main), dynamic_ncols=True)
     step = start
-    for images, labels in make_loader(start):
+    for batch in make_loader(start):
         if interrupt_at is not None and step == interrupt_at:
             bar.close()
             raise KeyboardInterrupt(f"simulated interruption at step {step}")
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss = loss_fn(model, images, labels)
-        (loss / accumulation).backward()
+        images, labels, classes = _to_device(batch, device, channels_last)
+        ends_update = (step + 1) % accumulation == 0
+        sync = nullcontext() if ends_update or world.size == 1 else step_module.no_sync()
+        with sync, sharded_batch(world.size):
+            with autocast(device, precision):
+                loss = step_module(images, labels, classes)
+            scaler.scale(loss / accumulation).backward()
         loss_sum += loss.detach()
+        finite &= torch.isfinite(loss.detach())  # read with the logged loss: no host sync per step
         n_logged += 1
         step += 1
-        if step % accumulation == 0:
+        if ends_update:
             update = step // accumulation
             factor = poly_factor(update - 1, total_updates, poly_power)
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
-            optimizer.step()
+            if precision != "fp16":  # fp16: the gradient scaler skips non-finite steps by design
+                finite &= grads_finite(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if after_update is not None:
                 after_update()
-            if resume_path is not None and step % checkpoint_every < accumulation and step < steps:
-                _save_resume(resume_path, model, optimizer, step, phase, fingerprint)
         if step % log_every == 0 or step == steps:
-            last_loss = (loss_sum / n_logged).item()
+            total, bad = distributed.all_sum(torch.stack([loss_sum, (~finite).float()])).tolist()
+            _check(bad == 0, phase, good, step, lr_keys, resume_path)
+            good = step
+            last_loss = total / (n_logged * world.size)
             loss_sum.zero_()
             n_logged = 0
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if logger is not None:
+            if logger is not None and world.main:
                 logger(step, {f"{phase}/loss": last_loss, f"{phase}/lr": optimizer.param_groups[0]["lr"]})
         if validate is not None and val_every and step % val_every == 0 and step < steps:
             metrics = validate(step)
             model.train()
-            if logger is not None:
+            if logger is not None and world.main:
                 logger(step, metrics)
+        if ends_update and resume_path is not None and step % checkpoint_every < accumulation and step < steps:
+            bad = distributed.all_sum((~finite).float()).item()  # every process decides alike
+            _check(bad == 0, phase, good, step, lr_keys, resume_path)
+            if world.main:  # after this step's logs, which belong to the state
+                _save_resume(resume_path, model, optimizer, step, phase, fingerprint, history)
+            good = step
         bar.update(1)
     bar.close()
     if validate is not None:
         metrics = validate(step)
-        if logger is not None:
+        if logger is not None and world.main:
             logger(step, metrics)
     return PhaseResult(phase, steps, start, time.perf_counter() - t0, last_loss)
 
 
-def _save_resume(path, model, optimizer, step, phase, fingerprint) -> None:
+def _read_resume(path, phase: str) -> dict | None:
+    """The resume state at `path`, or None (absent, or unreadable: then said, and the phase starts afresh)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("not a resume state")
+        return state
+    except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: any unpickling error)
+        print(f"[{phase}] ignoring {path}: it is not a readable resume state ({type(exc).__name__}: {exc}); "
+              "the phase starts from its beginning and overwrites it")
+        return None
+
+
+def grads_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """A device bool: every gradient of the optimiser's parameters is finite (one fused norm per tensor)."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return torch.ones((), dtype=torch.bool)
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+
+
+def _check(ok: bool, phase: str, good: int, step: int, lr_keys, resume_path) -> None:
+    if ok:
+        return
+    keep = f"the last resume state ({resume_path}) and finished phases are kept" if resume_path else "earlier checkpoints are kept"
+    lower = ", ".join(lr_keys) if lr_keys else "the learning rates of this phase"
+    raise DivergenceError(
+        f"[{phase}] training diverged: the loss or a gradient became non-finite (inf/NaN) between step {good} and "
+        f"step {step}. Nothing non-finite was written; {keep}. Lower {lower} (or check the data) and run again.")
+
+
+def _save_resume(path, model, optimizer, step, phase, fingerprint, history=None) -> None:
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "step": step,
         "phase": phase,
         "fingerprint": fingerprint,
+        "history": list(history or []),  # [step, {metric: value}] logged so far: curves resume without gaps or repeats
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    check_finite(state["model"], path)
+    write_torch(state, path)
 
 
 def clear_resume(path: str | Path | None) -> None:
-    if path is not None and Path(path).is_file():
+    if path is not None and distributed.current().main and Path(path).is_file():
         Path(path).unlink()

@@ -49,6 +49,22 @@ TRAINS = {
 }
 
 
+LR_KEYS = {  # the learning rates of each phase, as named in params.yaml (fine-tuning: the project section)
+    "train": ("lr", "head_lr_mult"),
+    "warmup": ("lr_warmup_aspp", "lr_warmup_prototypes"),
+    "joint": ("lr_joint_trunk", "lr_joint_aspp", "lr_joint_prototypes"),
+    "finetune": ("lr_last_layer",),
+    "group_warmup": ("lr_warmup_groups",),
+    "group_joint": ("lr_joint_groups", "lr_joint_head"),
+}
+
+
+def lr_keys(cfg: RunConfig, phase: str) -> tuple[str, ...]:
+    """Where to lower `phase`'s learning rates: `presets.<dataset>.<section>.<key>`."""
+    section = f"project_{cfg.method}" if phase == "finetune" else cfg.method
+    return tuple(f"presets.{cfg.dataset}.{section}.{k}" for k in LR_KEYS[phase])
+
+
 @dataclass(frozen=True)
 class PhaseSpec:
     name: str
@@ -114,19 +130,19 @@ def stage1_loss(t: PrototypeTrainConfig):
     released total; averaged over MSC outputs, L1 added once since it does not depend on the output)."""
     with_kld = t.loss_kld > 0
 
-    def one(out, labels, model):
+    def one(out, labels, model, classes):
         loss = t.loss_ce * pixel_cross_entropy(out["logits"], labels)
         if with_kld:
             p = model.prototypes
             loss = loss + t.loss_kld * kld_loss(out["distances"], labels, p.proto_class, p.proto_scale,
                                                 model.num_classes, per_scale=model.multiscale,
-                                                table=p.pair_table(model.multiscale))
+                                                table=p.pair_table(model.multiscale), classes=classes)
         return loss
 
-    def loss_fn(model, images, labels):
+    def loss_fn(model, images, labels, classes=None):
         outs = model(images)
         outs = outs if isinstance(outs, list) else [outs]
-        loss = sum(one(o, labels, model) for o in outs) / len(outs)
+        loss = sum(one(o, labels, model, classes) for o in outs) / len(outs)
         if t.loss_l1 > 0:
             loss = loss + t.loss_l1 * model.off_class_l1()
         return loss
@@ -137,7 +153,7 @@ def stage1_loss(t: PrototypeTrainConfig):
 def group_loss(t: GroupTrainConfig):
     """loss_fn for the group phases: frozen features under no_grad, then the group head."""
 
-    def loss_fn(model, images, labels):
+    def loss_fn(model, images, labels, classes=None):
         with torch.no_grad():
             feats = model.features(images)
             feats = feats if isinstance(feats, list) else [feats]
@@ -149,13 +165,14 @@ def group_loss(t: GroupTrainConfig):
     return loss_fn
 
 
-def deeplab_loss(model, images, labels):
+def deeplab_loss(model, images, labels, classes=None):
     """DeepLab's loss: cross-entropy averaged over the MSC outputs."""
     return msc_mean(pixel_cross_entropy, model(images), labels)
 
 
 def loss_for(t: TrainConfig | PrototypeTrainConfig | GroupTrainConfig, phase: str):
-    """loss_fn(model, images, labels) of `phase`."""
+    """loss_fn(model, images, labels, classes=None) of `phase` (`classes`: `losses.present_classes` of the
+    labels, computed by the loader; only the diversity loss uses it)."""
     if phase == "train":
         return deeplab_loss
     if phase in GROUP_PHASES:

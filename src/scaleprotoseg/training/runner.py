@@ -8,14 +8,18 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
+
 from ..config import RunConfig
-from ..data.loader import train_loader
+from ..data.loader import TrainStream
 from ..deps import code_version
+from ..errors import ArtifactError
 from ..evaluation import evaluate
 from ..metrics.segmentation import iou_from_confusion
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import clear_resume, make_optimizer, run_phase
-from .phases import TRAINS, loss_for, phase_spec, trunk_frozen
+from .loop import clear_resume, make_optimizer, resolve_precision, run_phase
+from .phases import TRAINS, loss_for, lr_keys, phase_spec, trunk_frozen
 
 
 def bn_frozen(cfg: RunConfig) -> bool:
@@ -30,11 +34,14 @@ PHASE_IDENTITY = {phase: (TRAINING, "scaleprotoseg.stages.train") for phase in T
 PHASE_IDENTITY["finetune"] = (TRAINING + ("project",), "scaleprotoseg.stages.project")
 
 
-def phase_identity(cfg: RunConfig, phase: str) -> dict[str, str]:
-    """Per config section and for the code, a short hash: what a phase checkpoint must match to be reused."""
+def phase_identity(cfg: RunConfig, phase: str, precision: str = "fp32") -> dict[str, str]:
+    """Per config section and for the code, a short hash: what a phase checkpoint must match to be reused.
+    `precision` is the resolved one (`auto` trains fp32 on a CPU and bf16 on a GPU: not the same numbers)."""
     sections, module = PHASE_IDENTITY[phase]
     parts = {s: cfg.fingerprint((s,), "") for s in sections}
     parts["code"] = code_version(module)
+    if precision != "fp32":  # fp32 adds nothing, so checkpoints of full-precision runs keep their identity
+        parts["precision"] = precision
     return parts
 
 
@@ -42,7 +49,11 @@ def _finished_phase(path: Path, identity: dict[str, str], phase: str):
     """A finished phase's checkpoint if it belongs to this run; if not, say why it is discarded."""
     if not path.is_file():
         return None
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except ArtifactError as exc:
+        print(f"[{phase}] discarding {path}: {exc} The phase runs again.")
+        return None
     stored = payload.get("identity") or {}
     changed = sorted(k for k in identity if stored.get(k) != identity[k])
     if not changed:
@@ -57,13 +68,16 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
                val=None) -> list[dict]:
     """Run `phases` in order; each ends with `out_dir/<phase>.pt`, which the next one starts from."""
     t, rt = cfg.train, cfg.runtime
+    world = distributed.current()
+    precision = resolve_precision(cfg.precision, device)
+    stream = None  # one loader for every phase: its workers persist across phases
     done = []
     offset = step_offset
     for k, phase in enumerate(phases):
         spec = phase_spec(model, phase, cfg)
         if spec.steps == 0:
             continue
-        identity = phase_identity(cfg, phase)
+        identity = phase_identity(cfg, phase, precision)
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         ckpt = out_dir / f"{phase}.pt"
         finished = _finished_phase(ckpt, identity, phase)
@@ -77,6 +91,9 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
             offset += spec.steps
             continue
         model.bn_eval = bn_frozen(cfg) or trunk_frozen(phase)
+        if stream is None:
+            stream = TrainStream(data_root, "train", cfg.data, t.batch_size, rt.num_workers,
+                                 pin_memory=device.type == "cuda", rank=world.rank, world=world.size)
         optimizer = make_optimizer(spec.optimizer, spec.groups, momentum=spec.momentum)
         history: list = []
 
@@ -86,22 +103,25 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
                 logger(offset + step, metrics)
 
         def validate(step):
-            res = evaluate(model, val, meta.num_classes, device, progress=False)
-            return {"val/miou": iou_from_confusion(res.confusion)[1]}
+            res = evaluate(model, val, meta.num_classes, device, progress=False)  # this process's share
+            confusion = distributed.all_sum(torch.as_tensor(res.confusion, device=device)).cpu().numpy()
+            return {"val/miou": iou_from_confusion(confusion)[1]}
 
         result = run_phase(
             model, phase=phase, steps=spec.steps, accumulation=t.accumulation, optimizer=optimizer,
             loss_fn=loss_for(t, phase),
-            make_loader=lambda start, k=k: train_loader(data_root, "train", cfg.data, t.batch_size, spec.steps,
-                                                        cfg.seed + k, start, num_workers=rt.num_workers),
+            make_loader=lambda start, k=k, stream=stream, steps=spec.steps: stream(steps, cfg.seed + k, start),
             device=device, resume_path=out_dir / f"resume_{phase}.pt", fingerprint=fingerprint,
             poly_power=spec.poly_power, log_every=rt.log_every, checkpoint_every=rt.checkpoint_every, logger=log,
             validate=validate if val is not None else None, val_every=rt.val_every,
             after_update=after_update, interrupt_at=None if interrupt_at is None else interrupt_at - offset,
-            progress=progress,
+            progress=progress, precision=precision, lr_keys=lr_keys(cfg, phase), history=history,
+            replay=None if logger is None else (lambda entries: [logger(int(s), m) for s, m in entries]),
         )
-        save_checkpoint(ckpt, model, cfg.to_dict(), phase=phase, step=spec.steps, classes=list(meta.classes),
-                        fingerprint=fingerprint, identity=identity, seconds=result.seconds, history=history)
+        if world.main:
+            save_checkpoint(ckpt, model, cfg.to_dict(), phase=phase, step=spec.steps, classes=list(meta.classes),
+                            fingerprint=fingerprint, identity=identity, seconds=result.seconds, history=history)
+        distributed.barrier()
         clear_resume(out_dir / f"resume_{phase}.pt")
         done.append({"phase": phase, "steps": spec.steps, "seconds": round(result.seconds, 2), "resumed": result.resumed_from,
                      "last_loss": result.last_loss})

@@ -1,0 +1,63 @@
+"""Evaluation loaders: the seeded validation subset of training, and batches of equal-shape images whose
+confusion matrix is the one image-by-image evaluation gives."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from scaleprotoseg.data.loader import eval_loader, val_subset
+from scaleprotoseg.data.prepared import DatasetMeta, write_prepared
+from scaleprotoseg.evaluation import evaluate
+from scaleprotoseg.models.build import build_for
+
+from .conftest import CLASSES, tiny_samples
+
+SIZES = [(40, 40), (32, 48), (40, 40), (48, 32), (40, 40), (32, 48), (40, 40), (40, 40), (48, 32)]
+
+
+@pytest.fixture()
+def mixed_dataset(tmp_path):
+    """Nine val images of three sizes, interleaved."""
+    samples = [(f"v{k}", img[:h, :w].copy(), lab[:h, :w].copy(), None)
+               for k, ((h, w), (_, img, lab, _)) in enumerate(zip(SIZES, tiny_samples(len(SIZES), 48, seed=3)))]
+    meta = DatasetMeta(name="mixed", classes=CLASSES, splits={"train": ("v0",), "val": tuple(s[0] for s in samples)})
+    return write_prepared(tmp_path / "mixed", meta, samples)
+
+
+def test_val_subset_is_seeded_sorted_and_without_replacement():
+    a = val_subset(100, 10, seed=7)
+    assert np.array_equal(a, val_subset(100, 10, seed=7)) and not np.array_equal(a, val_subset(100, 10, seed=8))
+    assert len(set(a.tolist())) == 10 and np.all(np.diff(a) > 0) and a.max() < 100
+    assert a.tolist() != list(range(10))  # not the first images
+    for size in (0, 100, 250):
+        assert np.array_equal(val_subset(100, size, seed=7), np.arange(100))
+
+
+def test_eval_loader_with_indices_yields_those_images(mixed_dataset, tiny_cfg):
+    loader = eval_loader(mixed_dataset, "val", tiny_cfg.data, 1, indices=[1, 5, 6])
+    assert len(loader.dataset) == 3
+    assert [int(i) for _, _, idx in loader for i in idx] == [1, 5, 6]
+
+
+@pytest.mark.parametrize("data", [{}, {"eval_size": (36, 36)}, {"eval_short_side": 24}])
+def test_eval_batches_group_equal_shapes_and_give_the_same_confusion(mixed_dataset, tiny_cfg, data):
+    cfg = replace(tiny_cfg.data, **data)
+    one = eval_loader(mixed_dataset, "val", cfg, 1)
+    four = eval_loader(mixed_dataset, "val", cfg, 4)
+    assert [int(i) for _, _, idx in one for i in idx] == list(range(len(SIZES)))  # batch 1: the split's order
+    seen = []
+    for x, y, idx in four:
+        assert isinstance(x, torch.Tensor) and len(x) == len(y) == len(idx) <= 4  # stacked: one shape per batch
+        seen += idx.tolist()
+    assert sorted(seen) == list(range(len(SIZES))) and len(four) < len(SIZES)
+    assert [len(b) for b in four.batch_sampler] == [4, 2, 2, 1]  # 40×40 ×5, 32×48 ×2, 48×32 ×2
+    torch.manual_seed(0)
+    model = build_for(tiny_cfg, len(CLASSES), offline=True)
+    a = evaluate(model, one, len(CLASSES), "cpu", keep=[3], progress=False)
+    b = evaluate(model, four, len(CLASSES), "cpu", keep=[3], progress=False)
+    assert a.confusion.sum() > 0 and np.array_equal(a.confusion, b.confusion)
+    assert a.n_images == b.n_images == len(SIZES) and np.array_equal(a.examples[3], b.examples[3])
