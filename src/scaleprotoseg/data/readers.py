@@ -3,6 +3,7 @@ tables and the VOC palette. Errors name the file."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +40,15 @@ def voc_palette() -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """An RGB image; one over `Image.MAX_IMAGE_PIXELS` (data_sources.<d>.max_image_pixels) is refused."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+        with warnings.catch_warnings():  # Pillow only warns between 1× and 2× its limit: refuse from 1×
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError as exc:
         raise DataError(f"{path} is missing.") from exc
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path} is larger than the decompression limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a guard "
                         "against decompression bombs); if the image is genuine, raise data_sources.<dataset>."
                         "max_image_pixels.") from exc

@@ -5,6 +5,8 @@ interrupted phase resumes from its resume state; curves go to DVCLive."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -27,11 +29,22 @@ from .context import seed_everything
 
 
 class LiveLogger:
-    """Curves to DVCLive (metrics.json + plots/metrics/*.tsv) so `dvc plots` and `dvc exp show` read them."""
+    """Curves to DVCLive (metrics.json + plots/metrics/*.tsv) so `dvc plots` and `dvc exp show` read them.
 
-    def __init__(self, directory: Path, resume: bool):
+    The previous run's complete curves are set aside (`.<dir>.previous`, beside the folder, outside the DVC
+    output) while a run writes new ones: a run that fails puts them back (`abort`), one that succeeds drops
+    them (`end`); after a kill -9 the set-aside copy is still the last complete one and is kept."""
+
+    def __init__(self, directory: Path, resume: bool = False):
         from dvclive import Live
 
+        self.dir = Path(directory)
+        self.previous = self.dir.with_name(f".{self.dir.name}.previous")
+        if self.dir.exists() and not resume:
+            if self.previous.exists():  # a killed run's partial curves: the set-aside copy is the complete one
+                shutil.rmtree(self.dir)
+            else:
+                os.replace(self.dir, self.previous)
         self.live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
 
     def __call__(self, step: int, metrics: dict) -> None:
@@ -42,6 +55,14 @@ class LiveLogger:
 
     def end(self) -> None:
         self.live.end()
+        if self.previous.exists():
+            shutil.rmtree(self.previous)
+
+    def abort(self) -> None:
+        """The run failed: its partial curves go, the previous complete ones come back."""
+        if self.previous.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+            os.replace(self.previous, self.dir)
 
 
 def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,
@@ -75,8 +96,13 @@ def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, prog
     # resume has no gap (what DVC removed) and no repeat (steps logged after the last resume state).
     logger = LiveLogger(report_dir / "dvclive", resume=False) if world.main else None
     after_update = model.group_head.project if getattr(model, "group_head", None) is not None else None
-    done = run_phases(model, cfg, phases, data_root, out_dir, logger, device, progress, interrupt_at, meta,
-                      after_update=after_update, val=val)
+    try:
+        done = run_phases(model, cfg, phases, data_root, out_dir, logger, device, progress, interrupt_at, meta,
+                          after_update=after_update, val=val)
+    except BaseException:
+        if logger is not None:
+            logger.abort()
+        raise
     steps = sum(phase_steps(cfg, ph) for ph in phases)
     if not world.main:
         distributed.barrier()  # rank 0 writes the outputs
