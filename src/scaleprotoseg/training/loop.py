@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DivergenceError
+from ..io import clean_stale
 from ..losses import sharded_batch
 from ..progress import tqdm
 from . import distributed
@@ -275,5 +276,7 @@ def _save_resume(path, model, optimizer, step, phase, fingerprint, history=None)
 
 
 def clear_resume(path: str | Path | None) -> None:
-    if path is not None and distributed.current().main and Path(path).is_file():
-        Path(path).unlink()
+    """Remove a finished phase's resume state, and any temporary a killed write of it left."""
+    if path is not None and distributed.current().main:
+        Path(path).unlink(missing_ok=True)
+        clean_stale(Path(path))

@@ -84,6 +84,7 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
         if finished is not None:
             model.load_state_dict(finished["state_dict"])
             print(f"[{phase}] already finished ({ckpt}); continuing from it")
+            clear_resume(out_dir / f"resume_{phase}.pt")  # a kill between the phase's save and this removal
             for step, metrics in finished.get("history", []):  # its curves, for this run's logs
                 if logger is not None:
                     logger(int(step), metrics)
