@@ -144,11 +144,14 @@ def run_phase(
     logged loss is the whole batch's, and only rank 0 writes the resume state and logs."""
     world = distributed.current()
     start = 0
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = _read_resume(resume_path, phase)
     if state is not None:
         if state.get("fingerprint") == fingerprint and state.get("phase") == phase:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             start = int(state["step"])
             print(f"[{phase}] resuming from step {start} ({resume_path})")
             if history is not None:  # the curves up to the resume point belong to the resume state
@@ -167,7 +170,6 @@ def run_phase(
     step_module = LossStep(model, loss_fn)
     if world.size > 1:
         step_module = distributed.wrap(step_module, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     channels_last = device.type == "cuda"
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=steps, initial=start, desc=phase, disable=not (progress and world.main), dynamic_ncols=True)
@@ -218,7 +220,7 @@ def run_phase(
             bad = distributed.all_sum((~finite).float()).item()  # every process decides alike
             _check(bad == 0, phase, good, step, lr_keys, resume_path)
             if world.main:  # after this step's logs, which belong to the state
-                _save_resume(resume_path, model, optimizer, step, phase, fingerprint, history)
+                _save_resume(resume_path, model, optimizer, step, phase, fingerprint, history, scaler)
             good = step
         bar.update(1)
     bar.close()
@@ -262,14 +264,15 @@ def _check(ok: bool, phase: str, good: int, step: int, lr_keys, resume_path) -> 
         f"step {step}. Nothing non-finite was written; {keep}. Lower {lower} (or check the data) and run again.")
 
 
-def _save_resume(path, model, optimizer, step, phase, fingerprint, history=None) -> None:
+def _save_resume(path, model, optimizer, step, phase, fingerprint, history=None, scaler=None) -> None:
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "step": step,
         "phase": phase,
         "fingerprint": fingerprint,
-        "history": list(history or []),  # [step, {metric: value}] logged so far: curves resume without gaps or repeats
+        "history": list(history or []),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},  # fp16's loss scale  # [step, {metric: value}] logged so far: curves resume without gaps or repeats
     }
     check_finite(state["model"], path)
     write_torch(state, path)
