@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test unit nbval bench schedule clean-venv
+.PHONY: setup repro test unit nbval bench schedule gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: setup
 # Cost of each dataset's paper schedule: FLOP counted per phase (SCHEDULE_ARGS="--measure 20" on a GPU: measured).
 schedule: setup
 	$(PY) -m scaleprotoseg.schedule $(SCHEDULE_ARGS)
+
+# On a machine with CUDA, with nothing but PyTorch and NumPy (no venv): each method's training on the Pascal
+# preset's model, the bench in bf16 and fp32, peak memory, images/s, MFU and a torchrun run (see README).
+gpu-check:
+	PYTHONPATH=src python3 -m scaleprotoseg.gpu_check $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,7 +7,7 @@ try:
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover - exercised by tests/test_gpu_check.py in a subprocess
 
-    class tqdm:  # noqa: N801 (tqdm's name)
+    class tqdm:
         """The part of tqdm's interface this package uses, doing nothing but iterate."""
 
         def __init__(self, iterable=None, *args, **kwargs):
