@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .data.prepared import VOID, PreparedDataset
 from .data.transforms import downsample_labels
 from .models.prototypes import PrototypeSegmenter, log_similarity
+from .sections import PROJECTION_RULES
 
 PATCH_SIZE = 64
 
@@ -64,7 +65,7 @@ def _batches(loader):
                 yield x[None], y[None], int(i)
 
 
-RULES = ("nearest", "any")
+RULES = PROJECTION_RULES  # the eligibility rules (the config checks the same list)
 
 
 def cell_index(n: int, cells: int, device=None) -> torch.Tensor:

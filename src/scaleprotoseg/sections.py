@@ -118,6 +118,14 @@ def updates_happen(steps: int, accumulation: int, key: str, where: str) -> None:
                           "never update the model. Raise the steps or lower the accumulation.")
 
 
+def check_two_phases(cfg, where: str) -> None:
+    """A warm-up + joint schedule: some steps in all, and each phase that runs reaches an update."""
+    if cfg.warmup_steps + cfg.joint_steps == 0:
+        raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
+    for k in ("warmup_steps", "joint_steps"):
+        updates_happen(getattr(cfg, k), cfg.accumulation, f"{where}.{k}", where)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """DeepLab's single training phase. Steps count mini-batches, as the paper's configs do."""
@@ -170,10 +178,7 @@ class PrototypeTrainConfig:
             positive(getattr(self, k), f"{where}.{k}")
         for k in ("warmup_steps", "joint_steps", "weight_decay", "poly_power", "loss_ce", "loss_kld", "loss_l1"):
             non_negative(getattr(self, k), f"{where}.{k}")
-        if self.warmup_steps + self.joint_steps == 0:
-            raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
-        for k in ("warmup_steps", "joint_steps"):
-            updates_happen(getattr(self, k), self.accumulation, f"{where}.{k}", where)
+        check_two_phases(self, where)
 
 
 @dataclass(frozen=True)
@@ -198,10 +203,7 @@ class GroupTrainConfig:
             positive(getattr(self, k), f"{where}.{k}")
         for k in ("warmup_steps", "joint_steps", "poly_power", "loss_ce", "loss_l1", "loss_entropy"):
             non_negative(getattr(self, k), f"{where}.{k}")
-        if self.warmup_steps + self.joint_steps == 0:
-            raise ConfigError(f"{where}: warmup_steps + joint_steps must be > 0.")
-        for k in ("warmup_steps", "joint_steps"):
-            updates_happen(getattr(self, k), self.accumulation, f"{where}.{k}", where)
+        check_two_phases(self, where)
 
 
 @dataclass(frozen=True)
