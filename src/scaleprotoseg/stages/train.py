@@ -35,17 +35,17 @@ class LiveLogger:
     output) while a run writes new ones: a run that fails puts them back (`abort`), one that succeeds drops
     them (`end`); after a kill -9 the set-aside copy is still the last complete one and is kept."""
 
-    def __init__(self, directory: Path, resume: bool = False):
+    def __init__(self, directory: Path):
         from dvclive import Live
 
         self.dir = Path(directory)
         self.previous = self.dir.with_name(f".{self.dir.name}.previous")
-        if self.dir.exists() and not resume:
+        if self.dir.exists():
             if self.previous.exists():  # a killed run's partial curves: the set-aside copy is the complete one
                 shutil.rmtree(self.dir)
             else:
                 os.replace(self.dir, self.previous)
-        self.live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        self.live = Live(str(directory), resume=False, save_dvc_exp=False, dvcyaml=None)
 
     def __call__(self, step: int, metrics: dict) -> None:
         self.live.step = step
@@ -94,7 +94,7 @@ def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, prog
                       indices=_my_share(val_subset(len(meta.splits["val"]), cfg.runtime.val_images, cfg.seed), world))
     # Curves start afresh each run: finished phases and a resumed phase replay their stored histories, so a
     # resume has no gap (what DVC removed) and no repeat (steps logged after the last resume state).
-    logger = LiveLogger(report_dir / "dvclive", resume=False) if world.main else None
+    logger = LiveLogger(report_dir / "dvclive") if world.main else None
     after_update = model.group_head.project if getattr(model, "group_head", None) is not None else None
     try:
         done = run_phases(model, cfg, phases, data_root, out_dir, logger, device, progress, interrupt_at, meta,
