@@ -1,25 +1,41 @@
 # Two commands do everything on a fresh machine:
 #   make repro   set up .venv/ (if needed) and run the whole DVC pipeline
 #   make test    set up .venv/ (if needed) and run the unit tests and nbval over every notebook
+# make lock refreshes requirements.lock from environment.yml (the only target that needs the package index
+# besides the first set-up's downloads).
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+PYTHON ?= python3
+# The tools of `make lock`, pinned: uv resolves and hashes, PyYAML reads environment.yml.
+LOCK_TOOLS := uv==0.13.9 pyyaml==6.0.4
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test unit nbval bench schedule gpu-check clean-venv
+.PHONY: setup lock repro test unit nbval bench schedule gpu-check clean-venv
 
 setup: $(STAMP)
 
-# The pip: list of environment.yml is the single source of dependencies; PyYAML bootstraps reading it.
-$(STAMP): environment.yml pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip pyyaml
-	$(PY) tools/env_requirements.py environment.yml > $(VENV)/requirements.txt
-	$(PY) -m pip install --quiet -r $(VENV)/requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+# .venv/ holds exactly requirements.lock (hash-checked, no dependency resolution), then the project itself,
+# built by the locked setuptools (--no-build-isolation: nothing unlocked is fetched). lock_check.py refuses a
+# Python other than the lock's, and afterwards removes what the lock lacks and checks .venv equals the lock.
+$(STAMP): $(LOCK) pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) tools/lock_check.py --target $(LOCK)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) tools/lock_check.py --sync $(LOCK)
 	touch $(STAMP)
+
+# Resolve environment.yml's pip: list into requirements.lock with the pinned uv, in a throw-away venv.
+# Pins already in the lock are kept while environment.yml allows them; LOCK_ARGS=--upgrade moves every
+# package to its newest allowed release, LOCK_ARGS="--upgrade-package NAME" one package.
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp" && "$$tmp/bin/pip" install --quiet $(LOCK_TOOLS) && \
+	"$$tmp/bin/python" tools/lock.py $(LOCK_ARGS)
 
 repro: setup
 	test -d .git || git init -q

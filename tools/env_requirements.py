@@ -1,7 +1,7 @@
 """Print the `pip:` list of environment.yml, one requirement per line.
 
-`make setup` pipes this into `pip install -r /dev/stdin`, so environment.yml stays the only place
-where the Python dependencies are written down.
+`make lock` (tools/lock.py) resolves this list into requirements.lock, so environment.yml stays the only
+place where the Python dependencies are written down.
 """
 
 import sys
