@@ -85,3 +85,34 @@ def test_data_sources_are_checked_with_their_types(params):
     params["data_sources"]["pascal"]["workers"] = 0
     with pytest.raises(ConfigError, match="data_sources.pascal.workers must be a finite number > 0"):
         data_source(params, "pascal")
+
+
+@pytest.mark.parametrize("seeds,fragment", [
+    ([], "non-empty list"), (5, "non-empty list"), ([1, "2"], "non-empty list"), ([1, True], "non-empty list"),
+    ([-1], "non-negative"), ([3, 3], "lists a seed twice"),
+])
+def test_seeds_are_a_checked_list(params, seeds, fragment):
+    with pytest.raises(ConfigError, match=f"experiment.seeds.*{fragment}"):
+        load_config(params, overrides={"experiment.seeds": seeds})
+
+
+def test_each_seed_is_a_run_and_the_old_single_seed_key_says_what_changed(params):
+    seeds = [11, 22]
+    cfgs = [load_config(params, method="scaleprotoseg_groups", seed=s, overrides={"experiment.seeds": seeds}) for s in seeds]
+    assert [c.seed for c in cfgs] == seeds and [c.start.seed for c in cfgs] == seeds  # groups start from their seed
+    assert load_config(params, overrides={"experiment.seeds": seeds}).seed == 11  # None: the first
+    with pytest.raises(ConfigError, match="seed 33 is not in experiment.seeds"):
+        load_config(params, seed=33, overrides={"experiment.seeds": seeds})
+    old = {**params, "experiment": {k: v for k, v in params["experiment"].items() if k != "seeds"} | {"seed": 5}}
+    with pytest.raises(ConfigError, match=r"experiment.seed is now experiment.seeds.*seeds: \[5\]"):
+        load_config(old)
+
+
+def test_export_only_for_datasets_with_an_evaluation_server(params):
+    with pytest.raises(ConfigError, match="embedded has no evaluation server.*experiment.export: \\[\\]"):
+        load_config(params, overrides={"experiment.export": ["scaleprotoseg"]})
+    with pytest.raises(ConfigError, match="experiment.export lists 'protoseg', which does not run"):
+        load_config(params, overrides={"experiment.export": ["protoseg"], "experiment.methods": ["deeplab"],
+                                       "experiment.groups": []})
+    cfg = load_config(params, dataset="pascal", overrides={"experiment.export": ["deeplab"]})
+    assert cfg.dataset == "pascal"

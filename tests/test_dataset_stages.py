@@ -3,6 +3,7 @@ interpret where there are parts), and the notebooks run on one of them exactly a
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -100,9 +101,13 @@ def test_notebooks_run_the_pascal_layout_like_dvc_does(tmp_path, params):
         assert res.returncode == 0, f"{nb}: {res.stderr[-3000:]}"
     metrics = yaml.safe_load((rep / "evaluate" / m / "summary.json").read_text())
     assert set(metrics["iou"]) == set(read_meta(art / "prepared/pascal").classes)
-    headline = yaml.safe_load((rep / "evaluate" / m / "metrics.json").read_text())
+    headline = yaml.safe_load((rep / "evaluate" / m / "dvclive" / "metrics.json").read_text())
     assert set(headline) == {"miou", "pixel_accuracy", "prototypes_used"} and headline["miou"] == metrics["miou"]
     interp = yaml.safe_load((rep / "interpret" / m / "summary.json").read_text())
     assert interp["consistency_evaluated"] > 0
     assert np.isfinite(interp["stability"])
-    assert set(yaml.safe_load((rep / "interpret" / m / "metrics.json").read_text())) == {"consistency", "stability"}
+    assert set(yaml.safe_load((rep / "interpret" / m / "dvclive" / "metrics.json").read_text())) == {"consistency", "stability"}
+    params = yaml.safe_load((rep / "evaluate" / m / "dvclive" / "params.yaml").read_text())
+    assert params["dataset"] == "pascal" and params["method"] == m  # the run's params through DVCLive
+    usage = json.loads((rep / "interpret" / m / "dvclive" / "plots" / "custom" / "scale_usage.json").read_text())
+    assert abs(sum(r["share %"] for r in usage) - 100) < 1e-3

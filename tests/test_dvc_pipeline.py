@@ -30,17 +30,21 @@ def dvc(*args, cwd=ROOT, check=True, timeout=600):
     return out
 
 
+SEED = yaml.safe_load((ROOT / "params.yaml").read_text())["experiment"]["seeds"][0]
+
+
 @needs_dvc
-def test_dvc_graph_has_every_stage_and_the_groups_start_from_scaleprotoseg():
+def test_dvc_graph_has_every_stage_per_seed_and_the_groups_start_from_scaleprotoseg_of_their_seed():
     text = dvc("dag", "--dot").stdout
     for m in ("deeplab", "protoseg", "scaleprotoseg"):
-        for stage in ("train", "project", "evaluate", "interpret", "export"):
-            assert f"{stage}@{m}" in text
-    for stage in ("groups", "project_groups", "evaluate_groups", "interpret_groups", "export_groups"):
-        assert f"{stage}@scaleprotoseg_groups" in text
-    assert "\"project@scaleprotoseg\" -> \"groups@scaleprotoseg_groups\"" in text
-    assert "\"groups@scaleprotoseg_groups\" -> \"project_groups@scaleprotoseg_groups\"" in text
-    assert "\"prepare\" -> \"train@deeplab\"" in text and "report" in text
+        for stage in ("train", "project", "evaluate", "interpret"):
+            assert f"{stage}@{m}-{SEED}" in text
+    for stage in ("groups", "project_groups", "evaluate_groups", "interpret_groups"):
+        assert f"{stage}@scaleprotoseg_groups-{SEED}" in text
+    assert "export@" not in text  # the embedded dataset has no evaluation server
+    assert f"\"project@scaleprotoseg-{SEED}\" -> \"groups@scaleprotoseg_groups-{SEED}\"" in text
+    assert f"\"groups@scaleprotoseg_groups-{SEED}\" -> \"project_groups@scaleprotoseg_groups-{SEED}\"" in text
+    assert f"\"prepare\" -> \"train@deeplab-{SEED}\"" in text and "report" in text
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -174,18 +178,18 @@ def tiny_repo(tmp_path_factory):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for (sec, key), v in TINY.items():
         params[sec][key] = v
-    params["experiment"].update(methods=["deeplab", "scaleprotoseg"], device="cpu")
+    params["experiment"].update(methods=["deeplab", "scaleprotoseg"], device="cpu", seeds=[SEED])
     params["presets"]["embedded"].update({k: dict(v) for k, v in PRESET.items()})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = ["-c", "user.email=t@t", "-c", "user.name=t"]
     for cmd in (["init", "-q"], ["add", "-A"], [*env, "commit", "-qm", "tiny"]):
         subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True)
-    dvc("repro", "train@deeplab", "project_groups@scaleprotoseg_groups", cwd=repo)
+    dvc("repro", f"train@deeplab-{SEED}", f"project_groups@scaleprotoseg_groups-{SEED}", cwd=repo)
     return repo
 
 
-UPSTREAM = ("prepare", "train@deeplab", "train@scaleprotoseg", "project@scaleprotoseg", "groups@scaleprotoseg_groups",
-            "project_groups@scaleprotoseg_groups")
+UPSTREAM = ("prepare", f"train@deeplab-{SEED}", f"train@scaleprotoseg-{SEED}", f"project@scaleprotoseg-{SEED}",
+            f"groups@scaleprotoseg_groups-{SEED}", f"project_groups@scaleprotoseg_groups-{SEED}")
 
 
 def changed_stages(repo, stages=UPSTREAM) -> set[str]:
@@ -210,7 +214,7 @@ def test_editing_figure_or_report_code_leaves_training_and_projection_up_to_date
     p.write_text(original + "\n# an edit\n")
     try:
         # the stages that run projection code; what follows re-runs only if their outputs change
-        assert changed_stages(tiny_repo) == {"project@scaleprotoseg", "project_groups@scaleprotoseg_groups"}
+        assert changed_stages(tiny_repo) == {f"project@scaleprotoseg-{SEED}", f"project_groups@scaleprotoseg_groups-{SEED}"}
     finally:
         p.write_text(original)
 
@@ -224,7 +228,7 @@ def test_changing_the_group_threshold_reruns_only_the_thresholding(tiny_repo):
     params["presets"]["embedded"]["project_scaleprotoseg_groups"]["threshold"] = 0.1
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        assert changed_stages(tiny_repo) == {"project_groups@scaleprotoseg_groups"}
+        assert changed_stages(tiny_repo) == {f"project_groups@scaleprotoseg_groups-{SEED}"}
         params["presets"]["embedded"]["runtime"]["log_every"] = 5  # a run-time knob: nothing re-runs
         del params["presets"]["embedded"]["project_scaleprotoseg_groups"]["threshold"]
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -237,12 +241,31 @@ def test_changing_the_group_threshold_reruns_only_the_thresholding(tiny_repo):
 @pytest.mark.slow
 def test_exp_run_temp_trains_with_the_experiments_params(tiny_repo):
     """`dvc exp run --temp` runs the stage in a copy of the repository: the override must reach training."""
-    assert json.loads((tiny_repo / "artifacts/train/deeplab/train_summary.json").read_text())["steps"] == 1
-    dvc("exp", "run", "--temp", "-S", "presets.embedded.deeplab.steps=3", "train@deeplab", cwd=tiny_repo)
+    assert json.loads((tiny_repo / f"artifacts/train/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 1
+    dvc("exp", "run", "--temp", "-S", "presets.embedded.deeplab.steps=3", f"train@deeplab-{SEED}", cwd=tiny_repo)
     # the workspace itself is untouched by the temporary experiment ...
-    assert json.loads((tiny_repo / "artifacts/train/deeplab/train_summary.json").read_text())["steps"] == 1
+    assert json.loads((tiny_repo / f"artifacts/train/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 1
     # ... and the experiment trained with its own override
     (name,) = dvc("exp", "list", "--name-only", cwd=tiny_repo).stdout.split()
     dvc("exp", "apply", name, cwd=tiny_repo, check=False)  # (stages this tiny run never ran cannot be checked out)
     assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["presets"]["embedded"]["deeplab"]["steps"] == 3
-    assert json.loads((tiny_repo / "artifacts/train/deeplab/train_summary.json").read_text())["steps"] == 3
+    assert json.loads((tiny_repo / f"artifacts/train/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 3
+
+
+@needs_dvc
+@pytest.mark.slow
+def test_adding_a_seed_adds_its_stages_and_reruns_nothing_already_done(tiny_repo):
+    params_path = tiny_repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["experiment"]["seeds"] = [SEED, 7]
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert changed_stages(tiny_repo) == set()  # every stage of the first seed stays up to date
+        new = {"train@deeplab-7", "train@scaleprotoseg-7", "project@scaleprotoseg-7", "groups@scaleprotoseg_groups-7"}
+        assert new <= changed_stages(tiny_repo, tuple(new))
+        text = dvc("dag", "--dot", cwd=tiny_repo).stdout
+        assert "\"project@scaleprotoseg-7\" -> \"groups@scaleprotoseg_groups-7\"" in text
+        assert f"\"project@scaleprotoseg-{SEED}\" -> \"groups@scaleprotoseg_groups-7\"" not in text
+    finally:
+        params_path.write_text(original)

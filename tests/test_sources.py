@@ -627,16 +627,17 @@ def test_folder_parts_that_do_not_fit_the_classes_file_are_refused(tmp_path):
 
 def test_report_says_why_consistency_and_stability_are_empty(tmp_path):
     from scaleprotoseg.io import write_json
+    from scaleprotoseg.stages.context import layout
     from scaleprotoseg.stages.report import collect_results, write_report
 
     note = src.no_parts_note("folder")
     assert "folder has no part annotations" in note and "parts/<stem>.png" in note and "classes.json" in note
     for m in ("deeplab", "scaleprotoseg"):
-        write_json(tmp_path / "evaluate" / m / "summary.json",
+        write_json(tmp_path / layout("evaluate_reports", "folder", m, 1) / "summary.json",
                    {"miou": 50.0, "pixel_accuracy": 80.0, "iou": {"ground": 60.0, "box": 40.0}})
-    write_json(tmp_path / "interpret" / "scaleprotoseg" / "summary.json", {"consistency": None, "note": note})
-    results = collect_results(["deeplab", "scaleprotoseg"], tmp_path / "evaluate", tmp_path / "train_reports",
-                                       tmp_path / "train", dataset="folder")
+    write_json(tmp_path / layout("interpret_reports", "folder", "scaleprotoseg", 1) / "summary.json",
+               {"consistency": None, "note": note})
+    results = collect_results(["deeplab", "scaleprotoseg"], [1], tmp_path, dataset="folder")
     write_report(results, "folder", tmp_path / "report")
     text = (tmp_path / "report" / "results.md").read_text()
     table_end = text.rindex("|")

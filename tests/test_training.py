@@ -1,5 +1,7 @@
 """Checkpoint round trip, resume after an interruption, and the DeepLab training stage end to end."""
 
+import json
+
 import pytest
 import torch
 
@@ -78,8 +80,11 @@ def test_train_evaluate_and_curves(tmp_path, tiny_dataset, tiny_cfg):
     out = evaluate_stage(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj", tmp_path / "eval", progress=False)
     m = out["metrics"]
     assert m["images"] == 3 and 0 <= m["miou"] <= 100
-    for f in ("metrics.json", "per_class_iou.csv", "confusion.png", "predictions.png"):
+    for f in ("dvclive/metrics.json", "dvclive/params.yaml", "dvclive/plots/custom/per_class_iou.json",
+              "per_class_iou.csv", "confusion.png", "predictions.png"):
         assert (tmp_path / "eval" / f).is_file()
+    bars = json.loads((tmp_path / "eval" / "dvclive/plots/custom/per_class_iou.json").read_text())
+    assert {r["class"]: r["IoU %"] for r in bars} == {c: round(v, 4) for c, v in m["iou"].items() if v is not None}
 
 
 PROTO_TINY = {

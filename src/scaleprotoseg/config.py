@@ -163,8 +163,10 @@ def load_config(
     dataset: str | None = None,
     method: str = "deeplab",
     overrides: Mapping[str, Any] | None = None,
+    seed: int | None = None,
 ) -> RunConfig:
-    """Resolve params.yaml (path or already-loaded dict) for one dataset and method."""
+    """Resolve params.yaml (path or already-loaded dict) for one dataset, method and seed (one of
+    `experiment.seeds`; None: the first)."""
     params = copy.deepcopy(dict(params)) if isinstance(params, Mapping) else read_params(params)
     for key, value in (overrides or {}).items():
         set_key(params, key, value)
@@ -175,9 +177,17 @@ def load_config(
         raise ConfigError(f"Unknown dataset {dataset!r} (experiment.dataset); presets exist for {sorted(presets)}.")
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}; valid methods: {list(METHODS)}.")
-    check_keys(exp, {"dataset", "methods", "groups", "seed", "device", *EXPERIMENT_DEFAULTS}, "experiment")
+    if "seed" in exp and "seeds" not in exp:
+        raise ConfigError("experiment.seed is now experiment.seeds, a list: every method runs once per seed "
+                          f"(write `seeds: [{exp['seed']}]`).")
+    check_keys(exp, {"dataset", "methods", "groups", "seeds", "export", "device", *EXPERIMENT_DEFAULTS}, "experiment")
     method_names(params)  # the fan-out is checked whichever stage runs
-    seed = typed(exp["seed"], int, "experiment.seed")
+    seeds = seed_list(params)
+    export_names(params, dataset)
+    if seed is None:
+        seed = seeds[0]
+    elif typed(seed, int, "seed") not in seeds:
+        raise ConfigError(f"seed {seed} is not in experiment.seeds {seeds}: add it there (each seed is a run).")
     device = exp["device"]
     if device not in DEVICES:
         raise ConfigError(f"experiment.device is {device!r}; choose one of {list(DEVICES)}.")
@@ -193,7 +203,7 @@ def load_config(
 
     sections = resolved_sections(params, dataset)
     where = f"presets.{dataset}"
-    start = load_config(params, dataset=dataset, method=STARTS_FROM[method]) if method in STARTS_FROM else None
+    start = load_config(params, dataset=dataset, method=STARTS_FROM[method], seed=seed) if method in STARTS_FROM else None
     made = {}
     for name, cls in (("data", DataConfig), ("model", ModelConfig), ("runtime", RuntimeConfig), ("eval", EvalConfig),
                       (method, TRAIN_SECTIONS[method]), (f"project_{method}", PROJECT_SECTIONS[method])):
@@ -261,6 +271,40 @@ def method_names(params: Mapping) -> list[str]:
             raise ConfigError(f"experiment.groups lists {g}, which starts from {STARTS_FROM[g]}: add {STARTS_FROM[g]} "
                               "to experiment.methods (or set experiment.groups: []).")
     return list(methods) + list(groups)
+
+
+def seed_list(params: Mapping) -> list[int]:
+    """`experiment.seeds`, checked: a non-empty list of distinct integers. Every method runs once per seed
+    (its initialisation, data order, augmentation and diagnostics derive from it; data preparation does not)."""
+    seeds = section(params, "experiment").get("seeds")
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"experiment.seeds must be a non-empty list of non-negative integers, got {seeds!r} "
+                          "(e.g. `seeds: [20220227]`; the paper reports mean ± std over three).")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"experiment.seeds lists a seed twice: {seeds}.")
+    return list(seeds)
+
+
+# datasets whose test split has an evaluation server (the export stage writes its submission format)
+EXPORT_DATASETS = ("pascal", "cityscapes")
+
+
+def export_names(params: Mapping, dataset: str | None = None) -> list[str]:
+    """`experiment.export`, checked: the methods whose test-set predictions are exported for the evaluation
+    server. Only datasets with a server have an export (an empty list runs no export stage)."""
+    exp = section(params, "experiment")
+    names, dataset = exp.get("export", []), dataset or exp.get("dataset")
+    if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+        raise ConfigError(f"experiment.export must be a list of method names, got {names!r}.")
+    run = method_names(params)
+    for m in names:
+        if m not in run:
+            raise ConfigError(f"experiment.export lists {m!r}, which does not run (experiment.methods / groups: {run}).")
+    if names and dataset not in EXPORT_DATASETS:
+        raise ConfigError(f"experiment.export is {names} but {dataset} has no evaluation server (only "
+                          f"{list(EXPORT_DATASETS)} do): set `experiment.export: []`.")
+    return list(names)
 
 
 def data_source(params: Mapping, dataset: str) -> DataSourceConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data.prepared import PreparedDataset, read_meta
 from .data.sources import CITYSCAPES_TRAINID_TO_LABELID, voc_palette

@@ -177,7 +177,7 @@ def evaluate_interpretability(model, dataset, data_cfg, device, seed: int, names
                               tau: float = TAU, sigma: float = SIGMA, max_images: int = 0, progress: bool = True,
                               pruned_from: int | None = None) -> InterpretResult:
     """Consistency, stability, overlaps and sparsity of a prototype model over `dataset` (with part masks)."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from .data.prepared import VOID
     from .data.transforms import eval_transform

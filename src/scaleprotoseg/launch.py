@@ -98,7 +98,8 @@ def main(argv=None) -> None:
                       start_checkpoint=None if a.start_from is None else Path(a.start_from))
         else:
             mod = importlib.import_module("scaleprotoseg.stages.project")
-            mod.project(cfg, Path(a.data), Path(a.train), Path(a.out), progress=not a.no_progress)
+            mod.project(cfg, Path(a.data), Path(a.train), Path(a.out), progress=not a.no_progress,
+                        report_dir=None if a.report is None else Path(a.report))
     finally:
         distributed.close()
 

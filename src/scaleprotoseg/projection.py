@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data.prepared import VOID, PreparedDataset
 from .data.transforms import downsample_labels

@@ -1,17 +1,45 @@
-"""What a stage reports for comparison: `metrics.json` holds a few headline numbers per method, so that
-`dvc metrics show` prints one row per method and stage in a table that fits a screen; everything else a
-stage measures goes to `summary.json` beside it (per-class IoU: per_class_iou.csv)."""
+"""What a stage reports for comparison, through DVCLive: `<report_dir>/dvclive/` holds the stage's
+`params.yaml` (the resolved configuration), `metrics.json` (a few headline numbers, so `dvc metrics show`
+prints one row per method, seed and stage in a table that fits a screen) and `plots/custom/*.json` (figures
+that change with an experiment, declared as DVC plots so `dvc plots diff` compares two experiments).
+Everything else a stage measures goes to `summary.json` beside it (per-class IoU: per_class_iou.csv). The
+DVCLive folder is written in a temporary folder and swapped in whole: a failed run keeps the previous one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from .io import write_json
+import pandas as pd
+
+from .io import atomic_dir, write_json
 
 HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpret": ("consistency", "stability")}
 
 
-def write_results(report_dir: Path, summary: dict, stage: str) -> None:
-    """`summary.json` (everything) and `metrics.json` (the stage's headline numbers that exist)."""
-    write_json(Path(report_dir) / "summary.json", summary)
-    write_json(Path(report_dir) / "metrics.json", {k: summary[k] for k in HEADLINE[stage] if summary.get(k) is not None})
+def flat_params(config: dict, sep: str = ".") -> dict:
+    """A nested configuration as flat `section.key` params (lists and None as text DVCLive can store)."""
+    flat = pd.json_normalize(config, sep=sep).iloc[0].to_dict() if config else {}
+    return {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v)) for k, v in flat.items()}
+
+
+def write_results(report_dir: Path, summary: dict, stage: str, params: dict | None = None,
+                  plots: dict[str, tuple[list[dict], str, str, str]] | None = None) -> None:
+    """`summary.json` (everything) and the DVCLive folder: params, the headline metrics that exist and the
+    custom plots (`name: (datapoints, x, y, template)`)."""
+    from dvclive import Live
+
+    report_dir = Path(report_dir)
+    write_json(report_dir / "summary.json", summary)
+    with atomic_dir(report_dir / "dvclive") as tmp:
+        live = Live(str(tmp), save_dvc_exp=False, dvcyaml=None, report=None, resume=False)
+        live.log_params(flat_params(params or {}))
+        for k in HEADLINE[stage]:
+            if summary.get(k) is not None:
+                live.log_metric(k, float(summary[k]), plot=False)
+        for name, (datapoints, x, y, template) in (plots or {}).items():
+            live.log_plot(name, datapoints, x=x, y=y, template=template)
+        live.end()
+        if not (tmp / "metrics.json").is_file():  # a method with no such numbers (deeplab's interpretability)
+            write_json(tmp / "metrics.json", {})
+        (tmp / "plots").mkdir(exist_ok=True)  # a declared DVC plots folder, empty when there is nothing to plot

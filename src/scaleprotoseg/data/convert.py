@@ -96,7 +96,7 @@ def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bo
     and converter are unchanged since the previous preparation at `out` is kept, not re-converted."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     from ..io import atomic_dir
     from .prepared import save_sample

@@ -1,17 +1,20 @@
 """What every stage shares: the resolved configuration and folders of a stage notebook, smoke mode, and
 small display helpers.
 
-Each stage notebook has a `smoke` parameter. `smoke=True` (the notebook's default, what nbval runs)
-shrinks every size through `SMOKE_OVERRIDES`, rebases every path into a fresh temporary folder and builds
-the upstream artifacts the stage needs there, so a notebook runs on its own in seconds and never touches
-pipeline outputs. `dvc.yaml` passes `smoke=False` and the real paths (relative to the working directory,
-the repository DVC runs the stage in).
+Each stage notebook has `smoke`, `seed` and path parameters, all `None` by default. Opened in JupyterLab
+after `dvc repro`, a notebook therefore works on the pipeline's real artifacts: the seed is the first of
+`experiment.seeds` and the paths are the pipeline's layout (`LAYOUT`). `smoke=True` (what the tests ask for,
+through the `SCALEPROTOSEG_SMOKE=1` environment variable that `make test` sets) shrinks every size through
+`SMOKE_OVERRIDES`, rebases every path into a fresh temporary folder and builds the upstream artifacts the
+stage needs there, so a notebook runs on its own in seconds and never touches pipeline outputs. `dvc.yaml`
+passes `smoke=False`, the seed and the real paths (relative to the repository DVC runs the stage in).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import RunConfig, load_config, method_names, read_params, set_key
+from ..config import RunConfig, load_config, method_names, read_params, seed_list, set_key
+from ..errors import ArtifactError
 from ..paths import repo_root
 
 SMOKE_OVERRIDES = {
@@ -64,16 +68,30 @@ def load_params(params_path: str | Path, smoke: bool) -> dict:
 
 LAYOUT = {
     "prepared": "artifacts/prepared/{dataset}",
-    "train": "artifacts/train/{method}",
-    "project": "artifacts/project/{method}",
-    "train_reports": "reports/train/{method}",
-    "evaluate_reports": "reports/evaluate/{method}",
-    "interpret_reports": "reports/interpret/{method}",
+    "prepare_reports": "reports/prepare",
+    "report": "reports/report",
+    "train": "artifacts/train/{method}/seed-{seed}",
+    "project": "artifacts/project/{method}/seed-{seed}",
+    "export": "artifacts/export/{method}/seed-{seed}",
+    "train_reports": "reports/train/{method}/seed-{seed}",
+    "project_reports": "reports/project/{method}/seed-{seed}",
+    "evaluate_reports": "reports/evaluate/{method}/seed-{seed}",
+    "interpret_reports": "reports/interpret/{method}/seed-{seed}",
 }
+SMOKE_ENV = "SCALEPROTOSEG_SMOKE"
 
 
-def layout(key: str, dataset: str = "embedded", method: str = "deeplab") -> str:
-    return LAYOUT[key].format(dataset=dataset, method=method)
+def layout(key: str, dataset: str = "embedded", method: str = "deeplab", seed: int = 0) -> str:
+    """Where the pipeline keeps `key` for one dataset, method and seed (relative to the repository)."""
+    return LAYOUT[key].format(dataset=dataset, method=method, seed=seed)
+
+
+def smoke_default(smoke: bool | None) -> bool:
+    """A notebook's `smoke=None`: True only when the environment asks for it (`SCALEPROTOSEG_SMOKE=1`, what
+    the tests set), so a person opening a notebook gets the real artifacts."""
+    if smoke is not None:
+        return bool(smoke)
+    return os.environ.get(SMOKE_ENV, "0").strip().lower() not in ("", "0", "false", "no")
 
 
 @dataclass
@@ -94,20 +112,49 @@ class StageContext:
         return flat.set_index("key")
 
 
-def stage(name: str, *, smoke: bool, params_path: str = "params.yaml", dataset: str | None = None,
-          method: str = "deeplab", paths: dict[str, str] | None = None) -> StageContext:
+def stage(name: str, *, smoke: bool | None = None, params_path: str = "params.yaml", dataset: str | None = None,
+          method: str = "deeplab", seed: int | None = None, paths: dict[str, str | None] | None = None,
+          needs: tuple[str, ...] = ()) -> StageContext:
     """Resolve the config and folders of stage `name`.
 
-    `paths` are relative to the repository root; with `smoke=True` they are rebased into a fresh temporary
+    `paths` map a name to a layout key's folder (relative to the repository root, or absolute); a value of
+    None takes the pipeline's layout for `DEFAULT_PATHS[name][key]`. `seed=None` is the first of
+    `experiment.seeds`. With smoke mode (see `smoke_default`) the paths are rebased into a fresh temporary
     folder, every size shrinks (SMOKE_OVERRIDES) and the upstream artifacts of the stage are built there.
-    """
+    Outside smoke mode, the paths named in `needs` must exist (else: run `dvc repro` first)."""
+    smoke = smoke_default(smoke)
     params = load_params(params_path, smoke)
-    cfg = load_config(params, dataset=dataset, method=method)
+    if seed is None:
+        seed = seed_list(params)[0]
+    cfg = load_config(params, dataset=dataset, method=method, seed=int(seed))
     root = Path(tempfile.mkdtemp(prefix=f"scaleprotoseg-smoke-{name}-")) if smoke else repo_root()
-    resolved = {k: (Path(v) if Path(v).is_absolute() else root / v) for k, v in (paths or {}).items()}
+    defaults = DEFAULT_PATHS.get(name, {})
+    resolved = {}
+    for k, v in (paths or {}).items():
+        v = v if v is not None else layout(defaults[k], cfg.dataset, cfg.method, cfg.seed)
+        resolved[k] = Path(v) if Path(v).is_absolute() else root / v
     if smoke:
         _smoke_inputs(name, cfg, params, root)
+    else:
+        missing = [k for k in needs if not resolved[k].exists()]
+        if missing:
+            raise ArtifactError(
+                f"{name}: {', '.join(str(resolved[k]) for k in missing)} not found. Run the pipeline first "
+                f"(`make repro` or `dvc repro`), or run this notebook with smoke=True for a self-contained demo.")
     return StageContext(cfg, params, resolved, root, smoke)
+
+
+# The layout key each notebook path parameter defaults to.
+DEFAULT_PATHS = {
+    "prepare": {"data": "prepared", "report": "prepare_reports"},
+    "report": {"report": "report"},
+    "train": {"data": "prepared", "out": "train", "report": "train_reports"},
+    "groups": {"data": "prepared", "out": "train", "report": "train_reports"},
+    "project": {"data": "prepared", "train": "train", "out": "project", "report": "project_reports"},
+    "evaluate": {"data": "prepared", "train": "train", "project": "project", "report": "evaluate_reports"},
+    "interpret": {"data": "prepared", "project": "project", "report": "interpret_reports"},
+    "export": {"data": "prepared", "train": "train", "project": "project", "out": "export"},
+}
 
 
 def _stage_module(name: str):
@@ -121,11 +168,12 @@ def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
     prepare_dataset = _stage_module("prepare").prepare_dataset
     if name == "prepare":
         return
-    p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
+    p = {k: root / layout(k, cfg.dataset, cfg.method, cfg.seed) for k in LAYOUT}
     prepare_dataset(params, cfg.dataset, p["prepared"])
     if name == "report":
         for m in method_names(params):
-            _smoke_chain(load_config(params, dataset=cfg.dataset, method=m), root, upto="evaluate")
+            for seed in seed_list(params):
+                _smoke_chain(load_config(params, dataset=cfg.dataset, method=m, seed=seed), root, upto="evaluate")
         return  # the report works without interpretability metrics (its columns stay empty)
     upto = {"train": None, "groups": None, "project": "train", "evaluate": "project", "interpret": "project", "export": "project"}[name]
     if cfg.start is not None:
@@ -138,7 +186,7 @@ def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:
     """Run train → project → evaluate for `cfg.method` under `root`, up to and including `upto`."""
     train, project = _stage_module("train").train, _stage_module("project").project
     evaluate_stage = _stage_module("evaluate").evaluate_stage
-    p = {k: root / layout(k, cfg.dataset, cfg.method) for k in LAYOUT}
+    p = {k: root / layout(k, cfg.dataset, cfg.method, cfg.seed) for k in LAYOUT}
     if (p["evaluate_reports"] / "summary.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
         return
     if cfg.start is not None:
@@ -152,7 +200,7 @@ def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:
 
 def start_checkpoint(cfg: RunConfig, root: Path) -> Path | None:
     """The model `cfg.method` starts from (scaleprotoseg_groups: scaleprotoseg's projected model)."""
-    return root / layout("project", cfg.dataset, cfg.start.method) / "model.pt" if cfg.start is not None else None
+    return root / layout("project", cfg.dataset, cfg.start.method, cfg.seed) / "model.pt" if cfg.start is not None else None
 
 
 def seed_everything(seed: int) -> None:

@@ -41,7 +41,9 @@ def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir
 
         counts = prototype_counts(model)
         metrics.update({"prototypes_used": counts["prototypes"], **counts})  # all used unless groups say otherwise
-    write_results(report_dir, metrics, "evaluate")
+    write_results(report_dir, metrics, "evaluate", params=cfg.to_dict(), plots={"per_class_iou": (
+        [{"class": c, "IoU %": round(float(v), 4)} for c, v in metrics["iou"].items() if v is not None and v == v], "IoU %", "class",
+        "bar_horizontal")})
     table = per_class_table(metrics)
     write_csv(table, report_dir / "per_class_iou.csv")
     write_csv(pd.DataFrame(res.confusion, index=meta.classes, columns=meta.classes), report_dir / "confusion.csv")

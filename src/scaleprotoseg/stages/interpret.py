@@ -30,7 +30,7 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     if cfg.method == "deeplab":
         info["note"] = ("deeplab is the black-box baseline: no prototypes, so no consistency, stability, sparsity, "
                         "overlap or prototype figures.")
-        write_results(report_dir, info, "interpret")
+        write_results(report_dir, info, "interpret", params=cfg.to_dict())
         with atomic_path(report_dir / "details" / "README.txt") as tmp:
             tmp.write_text("deeplab has no prototypes: no interpretability tables or figures.\n")
         return info
@@ -50,7 +50,11 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
         from ..data.sources import no_parts_note
 
         info["note"] = no_parts_note(meta.name)
-    write_results(report_dir, info, "interpret")
+    usage = scale_usage(model, meta.classes).loc["all classes"]
+    scale_names = _scale_names(cfg, usage.index)
+    write_results(report_dir, info, "interpret", params=cfg.to_dict(), plots={"scale_usage": (
+        [{"scale": n, "share %": round(float(v), 4)} for n, v in zip(scale_names, usage.values)], "share %", "scale",
+        "bar_horizontal")})
     write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
     write_csv(res.overlap, report_dir / "details" / "overlap.csv")
     _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root)
@@ -93,3 +97,10 @@ def _group_weight_labels(model) -> list[str] | None:
             if valid[c, j]:
                 labels[int(idx[c, j])] = " ".join(f"g{g}:{float(w[c, g, j]):.2f}" for g in range(gh.groups) if w[c, g, j] > 0)
     return labels
+
+
+def _scale_names(cfg: RunConfig, columns) -> list[str]:
+    """Each prototype scale named by the ASPP dilation rate of its branch (`d=2` …) when there is one scale
+    per branch (ScaleProtoSeg); ProtoSeg's single scale keeps its name."""
+    rates = list(cfg.model.aspp_rates)
+    return [f"d={r}" for r in rates] if len(columns) == len(rates) > 1 else [str(c) for c in columns]

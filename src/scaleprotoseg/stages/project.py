@@ -16,17 +16,21 @@ from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..errors import ArtifactError
-from ..io import atomic_path, read_json, write_csv, write_json
+from ..io import atomic_dir, atomic_path, read_json, write_csv, write_json
 from ..models.build import load_model
 from ..training import distributed
 from ..training.checkpoint import save_checkpoint
+from ..training.live import LiveLogger
 from ..training.loop import resolve_device
 from .context import seed_everything
 
 
-def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True,
+            report_dir: Path | None = None) -> dict:
     """Projection stage: push + de-duplication + last-layer fine-tuning (+ ProtoSeg pruning); thresholding for
-    the grouped model. DeepLab has no prototypes: it records that and evaluation uses its trained model."""
+    the grouped model. DeepLab has no prototypes: it records that and evaluation uses its trained model.
+    The fine-tuning curves go to DVCLive in `report_dir/dvclive` (an empty plots folder when nothing is
+    fine-tuned)."""
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     if not (train_dir / "model.pt").is_file():
         raise ArtifactError(f"{train_dir / 'model.pt'} not found; run the training stage first (`dvc repro train@{cfg.method}`).")
@@ -36,21 +40,32 @@ def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, pro
     elif cfg.method == "scaleprotoseg_groups":
         info = threshold_groups(cfg, train_dir, out_dir)
     elif launch.wanted(cfg):  # experiment.gpus × nodes > 1: the pass and the fine-tuning under torchrun
-        launch.run("project", cfg, {"data": data_root, "train": train_dir, "out": out_dir}, progress)
+        launch.run("project", cfg, {"data": data_root, "train": train_dir, "out": out_dir, "report": report_dir}, progress)
         return read_json(out_dir / "projection.json")
     else:
-        info = project_prototypes(cfg, data_root, train_dir, out_dir, progress)
+        info = project_prototypes(cfg, data_root, train_dir, out_dir, progress, report_dir)
         if not distributed.current().main:
             return info
+    if report_dir is not None and "phases" not in info:  # nothing fine-tuned: the declared plots folder, empty
+        _no_curves(Path(report_dir) / "dvclive", cfg)
     write_json(out_dir / "projection.json", info)
     return info
+
+
+def _no_curves(directory: Path, cfg: RunConfig) -> None:
+    from ..results import flat_params
+
+    with atomic_dir(directory) as tmp:
+        (tmp / "plots").mkdir()
+        write_json(tmp / "params.json", flat_params(cfg.to_dict()))
 
 
 def projection_split(meta) -> str:
     return "project" if "project" in meta.splits else "train"
 
 
-def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True,
+                       report_dir: Path | None = None) -> dict:
     from .. import projection as pj
     from ..models.prototypes import prototype_names
     from ..training.runner import run_phases
@@ -85,20 +100,16 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
             "projection_pass_seconds": round(seconds_pass, 2)}
     save = save_checkpoint if world.main else (lambda *a, **k: None)  # rank 0 writes
     save(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
-    logger = None
-    phases = run_phases(model, cfg, ("finetune",), data_root, out_dir, logger, device, progress, None, meta)
-    if cfg.method == "protoseg" and cfg.project.prune:
-        best_d, best_m = pj.nearest_patches(model, loader, device, cfg.project.prune_k, progress)
-        keep_mask = pj.prune_mask(best_d, best_m, cfg.project.prune_threshold)
-        pruned = [kept_names[i] for i in torch.nonzero(~keep_mask).flatten().tolist()]
-        table["pruned"] = [n in set(pruned) for n in table.index]
-        keep2 = torch.nonzero(keep_mask).flatten()
-        ids = ids[keep2.cpu().numpy()]
-        model.keep_prototypes(keep2)
-        info["pruned"] = pruned
-        save(out_dir / "pruned.pt", model, cfg.to_dict(), phase="pruned", step=0, classes=list(meta.classes))
-        phases += run_phases(model, cfg, ("finetune",), data_root, out_dir / "after_pruning", None, device, progress,
-                             None, meta)
+    logger = LiveLogger(Path(report_dir) / "dvclive", params=cfg.to_dict()) if report_dir is not None and world.main else None
+    try:
+        phases = _finetune(model, cfg, data_root, out_dir, logger, device, progress, meta, table, kept_names, loader, info)
+    except BaseException:
+        if logger is not None:
+            logger.abort()
+        raise
+    if logger is not None:
+        logger.end()
+    ids = ids if "kept_after_pruning" not in info else ids[info.pop("kept_after_pruning")]
     info["prototypes"] = model.prototypes.num_prototypes
     info["phases"] = phases
     if not world.main:
@@ -111,6 +122,36 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="final", step=0, classes=list(meta.classes))
     distributed.barrier()
     return info
+
+
+def _finetune(model, cfg, data_root, out_dir, logger, device, progress, meta, table, kept_names, loader, info):
+    """Last-layer fine-tuning; ProtoSeg then prunes and fine-tunes again (its curves continue on the same axis)."""
+    from .. import projection as pj
+    from ..training.runner import run_phases
+
+    save = save_checkpoint if distributed.current().main else (lambda *a, **k: None)
+    phases = run_phases(model, cfg, ("finetune",), data_root, out_dir, logger, device, progress, None, meta)
+    if cfg.method == "protoseg" and cfg.project.prune:
+        best_d, best_m = pj.nearest_patches(model, loader, device, cfg.project.prune_k, progress)
+        keep_mask = pj.prune_mask(best_d, best_m, cfg.project.prune_threshold)
+        pruned = [kept_names[i] for i in torch.nonzero(~keep_mask).flatten().tolist()]
+        table["pruned"] = [n in set(pruned) for n in table.index]
+        keep2 = torch.nonzero(keep_mask).flatten()
+        info["kept_after_pruning"] = keep2.cpu().numpy()
+        model.keep_prototypes(keep2)
+        info["pruned"] = pruned
+        save(out_dir / "pruned.pt", model, cfg.to_dict(), phase="pruned", step=0, classes=list(meta.classes))
+        offset = sum(p["steps"] for p in phases)
+        phases += run_phases(model, cfg, ("finetune",), data_root, out_dir / "after_pruning", _renamed(logger, "finetune_after_pruning"),
+                             device, progress, None, meta, step_offset=offset)
+    return phases
+
+
+def _renamed(logger, phase: str):
+    """The logger with the second fine-tuning's curves under their own name (`finetune_after_pruning/loss`)."""
+    if logger is None:
+        return None
+    return lambda step, metrics: logger(step, {k.replace("finetune/", f"{phase}/", 1): v for k, v in metrics.items()})
 
 
 def reduce_projection(proj):
@@ -133,5 +174,6 @@ def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
     model.group_head.threshold(cfg.project.threshold)
     after = prototype_counts(model)
     copy_projection_records(train_dir, out_dir)
+    write_json(out_dir / "used_prototypes.json", {"used": model.group_head.used_prototypes().cpu().tolist()})
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="thresholded", step=0, classes=payload["classes"])
     return {"method": cfg.method, "threshold": cfg.project.threshold, "before_threshold": before, **after}

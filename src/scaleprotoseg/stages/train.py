@@ -5,8 +5,6 @@ interrupted phase resumes from its resume state; curves go to DVCLive."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -22,47 +20,11 @@ from ..io import read_json, write_json
 from ..models.build import build_for, load_model
 from ..training import distributed
 from ..training.checkpoint import save_checkpoint
+from ..training.live import LiveLogger
 from ..training.loop import resolve_device, resolve_precision
 from ..training.phases import METHOD_PHASES, phase_steps
 from ..training.runner import run_phases
 from .context import seed_everything
-
-
-class LiveLogger:
-    """Curves to DVCLive (metrics.json + plots/metrics/*.tsv) so `dvc plots` and `dvc exp show` read them.
-
-    The previous run's complete curves are set aside (`.<dir>.previous`, beside the folder, outside the DVC
-    output) while a run writes new ones: a run that fails puts them back (`abort`), one that succeeds drops
-    them (`end`); after a kill -9 the set-aside copy is still the last complete one and is kept."""
-
-    def __init__(self, directory: Path):
-        from dvclive import Live
-
-        self.dir = Path(directory)
-        self.previous = self.dir.with_name(f".{self.dir.name}.previous")
-        if self.dir.exists():
-            if self.previous.exists():  # a killed run's partial curves: the set-aside copy is the complete one
-                shutil.rmtree(self.dir)
-            else:
-                os.replace(self.dir, self.previous)
-        self.live = Live(str(directory), resume=False, save_dvc_exp=False, dvcyaml=None)
-
-    def __call__(self, step: int, metrics: dict) -> None:
-        self.live.step = step
-        for k, v in metrics.items():
-            self.live.log_metric(k, float(v))
-        self.live.make_summary()
-
-    def end(self) -> None:
-        self.live.end()
-        if self.previous.exists():
-            shutil.rmtree(self.previous)
-
-    def abort(self) -> None:
-        """The run failed: its partial curves go, the previous complete ones come back."""
-        if self.previous.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
-            os.replace(self.previous, self.dir)
 
 
 def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,
@@ -94,7 +56,7 @@ def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, prog
                       indices=_my_share(val_subset(len(meta.splits["val"]), cfg.runtime.val_images, cfg.seed), world))
     # Curves start afresh each run: finished phases and a resumed phase replay their stored histories, so a
     # resume has no gap (what DVC removed) and no repeat (steps logged after the last resume state).
-    logger = LiveLogger(report_dir / "dvclive") if world.main else None
+    logger = LiveLogger(report_dir / "dvclive", params=cfg.to_dict()) if world.main else None
     after_update = model.group_head.project if getattr(model, "group_head", None) is not None else None
     try:
         done = run_phases(model, cfg, phases, data_root, out_dir, logger, device, progress, interrupt_at, meta,

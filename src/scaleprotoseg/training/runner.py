@@ -16,6 +16,7 @@ from ..deps import code_version
 from ..errors import ArtifactError
 from ..evaluation import evaluate
 from ..metrics.segmentation import iou_from_confusion
+from ..progress import phase_line
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import clear_resume, make_optimizer, resolve_precision, run_phase
@@ -108,17 +109,18 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
             confusion = distributed.all_sum(torch.as_tensor(res.confusion, device=device)).cpu().numpy()
             return {"val/miou": iou_from_confusion(confusion)[1]}
 
-        result = run_phase(
-            model, phase=phase, steps=spec.steps, accumulation=t.accumulation, optimizer=optimizer,
-            loss_fn=loss_for(t, phase),
-            make_loader=lambda start, k=k, stream=stream, steps=spec.steps: stream(steps, cfg.seed + k, start),
-            device=device, resume_path=out_dir / f"resume_{phase}.pt", fingerprint=fingerprint,
-            poly_power=spec.poly_power, log_every=rt.log_every, checkpoint_every=rt.checkpoint_every, logger=log,
-            validate=validate if val is not None else None, val_every=rt.val_every,
-            after_update=after_update, interrupt_at=None if interrupt_at is None else interrupt_at - offset,
-            progress=progress, precision=precision, lr_keys=lr_keys(cfg, phase), history=history,
-            replay=None if logger is None else (lambda entries: [logger(int(s), m) for s, m in entries]),
-        )
+        with phase_line(f"{cfg.method}-{cfg.seed}", phase, spec.steps, enabled=world.main):
+            result = run_phase(
+                model, phase=phase, steps=spec.steps, accumulation=t.accumulation, optimizer=optimizer,
+                loss_fn=loss_for(t, phase),
+                make_loader=lambda start, k=k, stream=stream, steps=spec.steps: stream(steps, cfg.seed + k, start),
+                device=device, resume_path=out_dir / f"resume_{phase}.pt", fingerprint=fingerprint,
+                poly_power=spec.poly_power, log_every=rt.log_every, checkpoint_every=rt.checkpoint_every, logger=log,
+                validate=validate if val is not None else None, val_every=rt.val_every,
+                after_update=after_update, interrupt_at=None if interrupt_at is None else interrupt_at - offset,
+                progress=progress, precision=precision, lr_keys=lr_keys(cfg, phase), history=history,
+                replay=None if logger is None else (lambda entries: [logger(int(s), m) for s, m in entries]),
+                )
         if world.main:
             save_checkpoint(ckpt, model, cfg.to_dict(), phase=phase, step=spec.steps, classes=list(meta.classes),
                             fingerprint=fingerprint, identity=identity, seconds=result.seconds, history=history)
@@ -129,3 +131,4 @@ def run_phases(model, cfg: RunConfig, phases, data_root: Path, out_dir: Path, lo
         offset += spec.steps
     model.bn_eval = bn_frozen(cfg)
     return done
+
