@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -53,16 +54,19 @@ def tqdm(iterable=None, *args, disable: bool = False, **kwargs):
     return _tqdm(iterable, *args, **kwargs)
 
 
-def _terminal():
-    return sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
-
-
 def log_line(text: str) -> None:
-    """One line to the process's standard error (the DVC log under `dvc repro`), also inside a kernel."""
-    stream = _terminal()
+    """One line to the process's standard error: under `dvc repro`, the DVC log. Inside a notebook kernel the
+    line goes to the terminal that started the kernel only (the kernel keeps a copy of its original standard
+    error), not into the executed notebook."""
+    line = f"{time.strftime('%H:%M:%S')} {text}\n"
+    original = getattr(sys.stderr, "_original_stdstream_copy", None)  # ipykernel's copy of the terminal's fd 2
     try:
-        stream.write(f"{time.strftime('%H:%M:%S')} {text}\n")
-        stream.flush()
+        if isinstance(original, int):
+            os.write(original, line.encode())
+        else:
+            stream = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+            stream.write(line)
+            stream.flush()
     except (OSError, ValueError):  # a closed stream never stops a run
         pass
 
