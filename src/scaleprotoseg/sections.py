@@ -171,6 +171,7 @@ class PrototypeTrainConfig:
     loss_ce: float
     loss_kld: float
     loss_l1: float  # on the off-class weights of the last layer
+    released: str | None = None  # the authors' released checkpoint: imported instead of trained
 
     def check(self, where: str) -> None:
         for k in ("prototypes", "features", "batch_size", "accumulation", "lr_warmup_aspp", "lr_warmup_prototypes",
@@ -197,6 +198,7 @@ class GroupTrainConfig:
     loss_ce: float
     loss_l1: float  # on the off-class weights of the group head
     loss_entropy: float  # normalised entropy of the group-weight rows
+    released: str | None = None  # the authors' released checkpoint: imported instead of trained
 
     def check(self, where: str) -> None:
         for k in ("groups", "batch_size", "accumulation", "lr_warmup_groups", "lr_joint_groups", "lr_joint_head"):

@@ -46,7 +46,7 @@ def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, pro
         info = project_prototypes(cfg, data_root, train_dir, out_dir, progress, report_dir)
         if not distributed.current().main:
             return info
-    if report_dir is not None and "phases" not in info:  # nothing fine-tuned: the declared plots folder, empty
+    if report_dir is not None and not info.get("phases"):  # nothing fine-tuned: the declared plots folder, empty
         _no_curves(Path(report_dir) / "dvclive", cfg)
     write_json(out_dir / "projection.json", info)
     return info
@@ -85,12 +85,15 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
                                                        indices=distributed.shard(len(source), world))
     proj = reduce_projection(pj.find_nearest(model, mine, device, progress and world.main, rule=cfg.project.rule))
     seconds_pass = time.perf_counter() - t0
-    with torch.no_grad():
-        model.prototypes.vectors.copy_(proj.vectors)
+    released = getattr(cfg.train, "released", None)
+    if not released:  # a released model was projected by its authors: it keeps its vectors and last layer
+        with torch.no_grad():
+            model.prototypes.vectors.copy_(proj.vectors)
     missing = [n for n, f in zip(names, proj.found.tolist()) if not f]
     table = pj.provenance_table(proj, names, model, source.ids, meta.classes)
     patches, boxes = pj.source_patches(proj, source)
-    keep = pj.duplicates(model.prototypes.vectors.detach(), model.prototypes.proto_scale)
+    keep = (torch.arange(len(names), device=model.prototypes.vectors.device) if released else
+            pj.duplicates(model.prototypes.vectors.detach(), model.prototypes.proto_scale))
     kept_names = [names[i] for i in keep.tolist()]
     table["kept"] = [n in set(kept_names) for n in table.index]
     model.keep_prototypes(keep)
@@ -100,9 +103,13 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
             "projection_pass_seconds": round(seconds_pass, 2)}
     save = save_checkpoint if world.main else (lambda *a, **k: None)  # rank 0 writes
     save(out_dir / "projected.pt", model, cfg.to_dict(), phase="projected", step=0, classes=list(meta.classes))
+    if released:
+        info["released"] = released
+        info["note"] = ("released model: its prototypes and last layer are kept as released (no projection onto this "
+                        "data, no fine-tuning, no pruning); the pass only finds each prototype's nearest patch here.")
     logger = LiveLogger(Path(report_dir) / "dvclive", params=cfg.to_dict()) if report_dir is not None and world.main else None
     try:
-        phases = _finetune(model, cfg, data_root, out_dir, logger, device, progress, meta, table, kept_names, loader, info)
+        phases = [] if released else _finetune(model, cfg, data_root, out_dir, logger, device, progress, meta, table, kept_names, loader, info)
     except BaseException:
         if logger is not None:
             logger.abort()

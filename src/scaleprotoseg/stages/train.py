@@ -35,6 +35,8 @@ def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, prog
     scaleprotoseg_groups starts from `start_checkpoint` (scaleprotoseg's projected model). With
     experiment.gpus × experiment.nodes > 1 it runs itself under torchrun (`launch`) and waits."""
     out_dir, report_dir = Path(out_dir), Path(report_dir)
+    if getattr(cfg.train, "released", None):
+        return import_released_model(cfg, read_meta(data_root), out_dir, report_dir, start_checkpoint)
     if launch.wanted(cfg):
         launch.run("train", cfg, {"data": data_root, "out": out_dir, "report": report_dir, "start-from": start_checkpoint}, progress)
         return read_json(out_dir / "train_summary.json")
@@ -124,3 +126,51 @@ def model_summary(cfg: RunConfig, data_root: Path) -> pd.DataFrame:
     rows = {g: sum(p.numel() for p in ps) for g, ps in model.param_groups().items()}
     rows["total (incl. frozen)"] = sum(p.numel() for p in model.parameters())
     return pd.DataFrame({"parameters": rows})
+
+
+def import_released_model(cfg: RunConfig, meta, out_dir: Path, report_dir: Path,
+                          start_checkpoint: Path | None = None) -> dict:
+    """`presets.<dataset>.<method>.released`: the authors' checkpoint, read safely and mapped onto our model
+    (`scaleprotoseg.import_official`), is this stage's model; nothing trains. Its DVCLive folder holds the
+    params and no curves. A released grouped model takes the projection records (source patches, provenance)
+    of the stage-1 model it would have started from when that model has the very same prototypes (both
+    released)."""
+    from ..import_official import import_released
+    from ..paths import repo_root
+
+    src = Path(cfg.train.released)
+    src = src if src.is_absolute() else repo_root() / src
+    if not src.is_file():
+        raise ArtifactError(f"presets.{cfg.dataset}.{cfg.method}.released is {cfg.train.released!r}, but {src} is not a "
+                            "file: download the authors' checkpoint there (README, 'Reproducing the paper from the "
+                            "released checkpoints') or set it back to null to train.")
+    info = import_released(src, out_dir / "model.pt", cfg, list(meta.classes))
+    if start_checkpoint is not None and Path(start_checkpoint).is_file():
+        mine = load_model(out_dir / "model.pt")[0].prototypes.vectors
+        theirs = load_model(start_checkpoint)[0].prototypes.vectors
+        if mine.shape == theirs.shape and torch.equal(mine, theirs):
+            copy_projection_records(Path(start_checkpoint).parent, out_dir)
+    logger = LiveLogger(report_dir / "dvclive", params=cfg.to_dict())
+    logger.end()
+    (report_dir / "dvclive" / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+    if not (report_dir / "dvclive" / "metrics.json").is_file():
+        write_json(report_dir / "dvclive" / "metrics.json", {})
+    summary = {"method": cfg.method, "steps": 0, "phases": [], "seconds": 0.0, "released": cfg.train.released,
+               **{k: v for k, v in info.items() if k != "mapping"}}
+    write_json(out_dir / "train_summary.json", summary)
+    print(f"[{cfg.method}] imported the released checkpoint {src.name} ({info['format']}): "
+          f"{info.get('prototypes')} prototypes; nothing trained")
+    return summary
+
+
+def show_curves(report_dir: Path, title: str):
+    """The stage's loss and validation-mIoU curves, one panel per series (pandas), or a note when there are
+    none (an imported released model trains nothing)."""
+    from ..artifacts import curves_table
+
+    curves = curves_table(Path(report_dir) / "dvclive").filter(regex="loss|miou")
+    if curves.empty:
+        from IPython.display import Markdown
+
+        return Markdown("*No training curves: this model was imported, not trained.*")
+    return curves.plot(subplots=True, figsize=(8, 2.2 * curves.shape[1]), marker=".", title=title)
