@@ -254,8 +254,10 @@ class EvalConfig:
     batch_size: int
     n_examples: int  # predictions shown beside ground truth in the evaluation report
     max_images: int  # 0 = the whole validation split
+    explorer_images: int = 20  # validation images in the interpret stage's explorer page
 
     def check(self, where: str) -> None:
         positive(self.batch_size, f"{where}.batch_size")
+        positive(self.explorer_images, f"{where}.explorer_images")
         positive(self.n_examples, f"{where}.n_examples")  # the evaluate stage declares its examples figure
         non_negative(self.max_images, f"{where}.max_images")

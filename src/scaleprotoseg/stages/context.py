@@ -42,6 +42,7 @@ SMOKE_OVERRIDES = {
     "presets.embedded.deeplab.steps": 2,
     "presets.embedded.deeplab.batch_size": 2,
     "presets.embedded.eval.n_examples": 2,
+    "presets.embedded.eval.explorer_images": 2,
     "presets.embedded.scaleprotoseg_groups.batch_size": 2,
     "presets.embedded.scaleprotoseg_groups.warmup_steps": 1,
     "presets.embedded.scaleprotoseg_groups.joint_steps": 2,
@@ -71,6 +72,7 @@ LAYOUT = {
     "prepare_reports": "reports/prepare",
     "report": "reports/report",
     "train": "artifacts/train/{method}/seed-{seed}",
+    "deeplab_train": "artifacts/train/deeplab/seed-{seed}",
     "project": "artifacts/project/{method}/seed-{seed}",
     "export": "artifacts/export/{method}/seed-{seed}",
     "train_reports": "reports/train/{method}/seed-{seed}",
@@ -152,7 +154,7 @@ DEFAULT_PATHS = {
     "groups": {"data": "prepared", "out": "train", "report": "train_reports"},
     "project": {"data": "prepared", "train": "train", "out": "project", "report": "project_reports"},
     "evaluate": {"data": "prepared", "train": "train", "project": "project", "report": "evaluate_reports"},
-    "interpret": {"data": "prepared", "project": "project", "report": "interpret_reports"},
+    "interpret": {"data": "prepared", "project": "project", "report": "interpret_reports", "deeplab": "deeplab_train"},
     "export": {"data": "prepared", "train": "train", "project": "project", "out": "export"},
 }
 
@@ -180,6 +182,8 @@ def _smoke_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
         _smoke_chain(cfg.start, root, upto="project")
     if upto:
         _smoke_chain(cfg, root, upto=upto)
+    if name == "interpret" and cfg.method != "deeplab":  # the Grad-CAM baseline of the same seed
+        _smoke_chain(load_config(params, dataset=cfg.dataset, method="deeplab", seed=cfg.seed), root, upto="train")
 
 
 def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:

@@ -3,6 +3,7 @@ figures, from saved artifacts only (never retrains)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,17 +12,20 @@ from ..artifacts import read_patches
 from ..config import RunConfig
 from ..data.prepared import PreparedDataset, read_meta
 from ..interpretability import group_composition, scale_usage
-from ..io import atomic_path, read_json, write_csv
+from ..io import atomic_path, read_json, write_csv, write_json
 from ..models.build import load_model
 from ..results import write_results
 from ..training.loop import resolve_device
 
 
-def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:
+def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True,
+              deeplab_dir: Path | None = None) -> dict:
     """Interpretability metrics (consistency, stability, overlaps, sparsity) and figures of a prototype model,
     from saved artifacts only (never retrains); black-box deeplab has none. Writes `summary.json`, the
-    headline `metrics.json` (which `dvc metrics show/diff` compare), per-prototype and per-class tables and
-    the figures."""
+    headline metrics through DVCLive (which `dvc metrics show/diff` compare), per-prototype and per-class
+    tables, the figures and the interactive explorer (`explorer.html`). `deeplab_dir`: the DeepLab baseline
+    of the same seed (`artifacts/train/deeplab/seed-<s>`), whose Grad-CAM maps the explanation figure and the
+    explorer show beside the prototype / group maps (left out, and said so, when it is absent)."""
     from .. import interpretability as it
     from ..models.prototypes import prototype_names
 
@@ -33,6 +37,10 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
         write_results(report_dir, info, "interpret", params=cfg.to_dict())
         with atomic_path(report_dir / "details" / "README.txt") as tmp:
             tmp.write_text("deeplab has no prototypes: no interpretability tables or figures.\n")
+        with atomic_path(report_dir / "explorer.html") as tmp:
+            tmp.write_text("<!doctype html><meta charset='utf-8'><title>deeplab</title><p>deeplab is the black-box "
+                           "baseline: it has no prototypes to explore. Its Grad-CAM maps are shown in the prototype "
+                           "methods' explorers.</p>\n")
         return info
     device = resolve_device(cfg.device)
     meta = read_meta(data_root)
@@ -57,20 +65,36 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
         "bar_horizontal")})
     write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
     write_csv(res.overlap, report_dir / "details" / "overlap.csv")
-    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root)
+    gradcam = _gradcam_model(deeplab_dir, device, meta.classes)
+    info["gradcam"] = gradcam is not None
+    if gradcam is None:
+        info["gradcam_note"] = f"no DeepLab model in {deeplab_dir}: the figures have no Grad-CAM comparison"
+    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root, gradcam)
+    write_json(report_dir / "summary.json", info)
     return info
 
 
-def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path, data_root: Path) -> None:
-    """The figures of the interpretability notebook, each saved as a PNG."""
+def _gradcam_model(deeplab_dir: Path | None, device, classes):
+    if deeplab_dir is None or not (Path(deeplab_dir) / "model.pt").is_file():
+        return None
+    from ..explain_cli import load_gradcam_model
+
+    return load_gradcam_model(Path(deeplab_dir) / "model.pt", device, classes, option="the DeepLab baseline")
+
+
+def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path, data_root: Path, gradcam=None) -> None:
+    """The figures of the interpretability notebook, each saved as a PNG, and the explorer page."""
     saved = read_patches(project_dir)
     used = model.group_head.used_prototypes().cpu().numpy() if model.group_head is not None else None
     if saved is not None:
         fig = plots.prototype_gallery(*saved, used=used, group_weights=_group_weight_labels(model),
                                       title=f"{cfg.method}: prototypes by class and scale (source patches)")
         plots.save_figure(fig, report_dir / "gallery.png")
-    plots.save_figure(plots.scale_usage_figure(scale_usage(model, meta.classes), title=f"{cfg.method}: share of used prototype weight per scale"),
-                      report_dir / "scale_usage.png")
+    usage = scale_usage(model, meta.classes)
+    rates = list(cfg.model.aspp_rates)
+    labels = [f"rate {r}" for r in rates] if usage.shape[1] == len(rates) > 1 else None
+    plots.save_figure(plots.scale_usage_figure(usage, title=f"{cfg.method}: share of used prototype weight per scale",
+                                               scale_labels=labels), report_dir / "scale_usage.png")
     if model.group_head is not None:
         plots.save_figure(plots.group_composition_figure(*group_composition(model, meta.classes, names)),
                           report_dir / "group_composition.png")
@@ -78,11 +102,24 @@ def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: P
 
     device = next(model.parameters()).device
     val = PreparedDataset(data_root, "val")
-    plots.save_figure(explain.explain_prediction(model, val, cfg.data, device, cfg.seed, cfg.method), report_dir / "explanation.png")
+    plots.save_figure(explain.explain_prediction(model, val, cfg.data, device, cfg.seed, cfg.method,
+                                                 gradcam_model=gradcam, patches=saved), report_dir / "explanation.png")
     plots.save_figure(explain.failure_cases(model, val, cfg.data, device, max_images=cfg.eval.max_images), report_dir / "failure_cases.png")
     if saved is not None:
         fig = explain.nearest_prototypes(model, val, cfg.data, device, cfg.seed, *saved)
         plots.save_figure(fig, report_dir / "nearest_prototypes.png")
+    from ..explorer import write_explorer
+
+    saliency = None
+    if gradcam is not None:
+        from ..gradcam import gradcam_maps
+
+        def saliency(x, classes):
+            return gradcam_maps(gradcam, x, classes)
+    write_explorer(report_dir.parent / "explorer.html", model, val, cfg.data, device, meta.classes, names,
+                   saved[0] if saved is not None else None, saved[1] if saved is not None else None,
+                   saliency=saliency, max_images=cfg.eval.explorer_images,
+                   title=f"{cfg.method} on {meta.name} (seed {cfg.seed}): prototype explorer")
 
 
 def _group_weight_labels(model) -> list[str] | None:
@@ -104,3 +141,20 @@ def _scale_names(cfg: RunConfig, columns) -> list[str]:
     per branch (ScaleProtoSeg); ProtoSeg's single scale keeps its name."""
     rates = list(cfg.model.aspp_rates)
     return [f"d={r}" for r in rates] if len(columns) == len(rates) > 1 else [str(c) for c in columns]
+
+
+def explorer_view(report_dir: Path, notebook_dir: Path | None = None, height: int = 760):
+    """What a notebook displays for the explorer: a link to the page and the page itself in an IFrame (in
+    JupyterLab), or a note when this method has none (deeplab)."""
+    from IPython.display import HTML, IFrame, Markdown
+
+    page = Path(report_dir) / "explorer.html"
+    if not page.is_file():
+        return (Markdown("*No explorer for this method (deeplab has no prototypes).*"),)
+    try:
+        rel = os.path.relpath(page, notebook_dir or Path.cwd())
+    except ValueError:  # another drive
+        rel = str(page)
+    size = page.stat().st_size / 2**20
+    return HTML(f'<p><a href="{rel}" target="_blank">Open the explorer</a> ({size:.1f} MB, self-contained: '
+                f'click a pixel to see its class, winning group and prototypes)</p>'), IFrame(rel, width="100%", height=height)

@@ -68,7 +68,6 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
                        report_dir: Path | None = None) -> dict:
     from .. import projection as pj
     from ..models.prototypes import prototype_names
-    from ..training.runner import run_phases
 
     device = resolve_device(cfg.device)
     world = distributed.init(device)
