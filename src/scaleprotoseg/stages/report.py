@@ -143,7 +143,7 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
         notes = results.get("notes") or []  # why cells are empty (no part annotations, a black-box method)
         footnotes = "\n\n" + "\n".join(f"- {x}" for x in notes) if notes else ""
         tmp.write_text(f"# Results on `{dataset}`\n\nEach cell: {spread}. `—`: the method has no such quantity "
-                       f"(DeepLab has no prototypes).\n\n{shown.to_markdown()}\n\n## mIoU % per seed\n\n"
+                       f"(DeepLab has no prototypes).\n\n{shown.to_markdown(disable_numparse=True)}\n\n## mIoU % per seed\n\n"
                        f"{by_seed.to_markdown(floatfmt='.2f')}{footnotes}{note}")
     with atomic_path(out_dir / "metrics.json") as tmp:  # `dvc metrics show/diff` compare these
         tmp.write_text(json.dumps({m: {"miou_mean": _num(table.loc[m, "mIoU % mean"]), "miou_std": _num(table.loc[m, "mIoU % std"]),
