@@ -119,7 +119,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def seed_table(per_seed: pd.DataFrame, column: str = "mIoU %") -> pd.DataFrame:
     """One metric per method (rows) and seed (columns)."""
-    return per_seed.pivot(index="method", columns="seed", values=column).reindex(per_seed["method"].unique())
+    table = per_seed.pivot(index="method", columns="seed", values=column)
+    return table.reindex(index=per_seed["method"].unique(), columns=per_seed["seed"].unique())  # as listed
 
 
 def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
