@@ -136,9 +136,7 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
             "ScaleProtoSeg figure is the grouped model after thresholding at 0.05; its DeepLab-v2 figure is the "
             "published one.\n" if "paper mIoU % mean" in table else
             "\n\nThis dataset is not one of the paper's: no published numbers to compare with.\n")
-    shown = display_table(table)
-    if "paper mIoU % mean" in table:
-        shown.insert(2, "paper mIoU %", [_mean_std(a, b) for a, b in zip(table["paper mIoU % mean"], table["paper mIoU % std"])])
+    shown = display_table(table)  # the paper's mean ± std (when published) right after ours
     by_seed = seed_table(per_seed).rename(columns=lambda s: f"seed {s}")
     with atomic_path(out_dir / "results.md") as tmp:
         notes = results.get("notes") or []  # why cells are empty (no part annotations, a black-box method)
