@@ -16,6 +16,8 @@ import yaml
 
 from scaleprotoseg.deps import module_closure
 
+from .repo_copy import copy_repository
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
@@ -168,13 +170,7 @@ PRESET = {
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory):
     """A git copy of the repository with tiny settings in which DVC has run train, groups and project."""
-    repo = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.split(b"\0")
-    for f in (x.decode() for x in files if x):
-        if (ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
+    repo = copy_repository(tmp_path_factory.mktemp("repo"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for (sec, key), v in TINY.items():
         params[sec][key] = v

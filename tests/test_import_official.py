@@ -654,17 +654,12 @@ def test_dvc_repro_evaluates_a_released_model_end_to_end(tmp_path):
     import yaml
     from .layouts import write_folder
 
-    root = Path(__file__).resolve().parents[1]
+    from .repo_copy import copy_repository
+
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
     if dvc is None:
         pytest.skip("dvc is not installed")
-    repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                           capture_output=True, check=True).stdout.split(b"\0")
-    for f in (x.decode() for x in files if x):
-        if (root / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / f, repo / f)
+    repo = copy_repository(tmp_path / "repo")
     write_folder(repo / "data" / "folder", n=8, h=32, w=32)
     net = stage1("scaleprotoseg", seed=5)
     torch.manual_seed(6)

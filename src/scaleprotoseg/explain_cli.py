@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import explain, explain_figures
 from .artifacts import final_checkpoint, read_patches
@@ -33,6 +32,7 @@ from .io import write_json
 from .models.build import load_model
 from .plots import save_figure
 from .training.checkpoint import load_checkpoint
+from .training.loop import resolve_device
 
 WHERE_MODELS = ("a prototype model is the model.pt the project stage writes (artifacts/project/<method>/seed-<n>/), "
                 "a DeepLab model the one the train stage writes (artifacts/train/deeplab/seed-<n>/)")
@@ -55,14 +55,6 @@ def read_image(path: str | Path, size: int = 512) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path} is not a readable image ({exc}); give --image a PNG or JPEG file.") from exc
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but no CUDA device is available; use --device auto or cpu.")
-    return torch.device(name)
 
 
 def _checkpoint(path: str | Path, option: str) -> dict:
@@ -122,7 +114,7 @@ def explain_file(image: str | Path, checkpoint: str | Path, out_dir: str | Path,
     if classes < 1:
         raise ConfigError(f"--classes {classes}: explain at least 1 class.")
     t0 = time.perf_counter()
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="--device")
     model, cfg, payload = load_prototype_model(checkpoint, dev)
     names = list(payload["classes"])
     cam_model = load_gradcam_model(gradcam, dev, names) if gradcam is not None else None

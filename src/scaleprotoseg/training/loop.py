@@ -36,11 +36,12 @@ from . import distributed
 from .checkpoint import check_finite, write_torch
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "experiment.device") -> torch.device:
+    """`auto` (CUDA when present), `cpu` or `cuda`; `key` names where the setting came from, for the message."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("experiment.device is 'cuda' but no CUDA device is available; set it to auto or cpu.")
+        raise ConfigError(f"{key} is 'cuda' but no CUDA device is available; set it to auto or cpu.")
     return torch.device(name)
 
 
