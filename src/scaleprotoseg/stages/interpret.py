@@ -12,7 +12,7 @@ from ..artifacts import read_patches
 from ..config import RunConfig
 from ..data.prepared import PreparedDataset, read_meta
 from ..interpretability import group_composition, scale_usage
-from ..io import atomic_path, read_json, write_csv, write_json
+from ..io import atomic_path, read_json, write_csv
 from ..models.build import load_model
 from ..results import write_results
 from ..training.loop import resolve_device
@@ -58,19 +58,19 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
         from ..data.sources import no_parts_note
 
         info["note"] = no_parts_note(meta.name)
-    usage = scale_usage(model, meta.classes).loc["all classes"]
-    scale_names = _scale_names(cfg, usage.index)
-    write_results(report_dir, info, "interpret", params=cfg.to_dict(), plots={"scale_usage": (
-        [{"scale": n, "share %": round(float(v), 4)} for n, v in zip(scale_names, usage.values)], "share %", "scale",
-        "bar_horizontal")})
-    write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
-    write_csv(res.overlap, report_dir / "details" / "overlap.csv")
     gradcam = _gradcam_model(deeplab_dir, device, meta.classes)
     info["gradcam"] = gradcam is not None
     if gradcam is None:
         info["gradcam_note"] = f"no DeepLab model in {deeplab_dir}: the figures have no Grad-CAM comparison"
-    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root, gradcam)
-    write_json(report_dir / "summary.json", info)
+    usage = scale_usage(model, meta.classes)
+    labels = _scale_names(cfg, usage.columns)
+    write_results(report_dir, info, "interpret", params=cfg.to_dict(), plots={"scale_usage": (
+        [{"scale": n, "share %": round(float(v), 4)} for n, v in zip(labels, usage.loc["all classes"].values)],
+        "share %", "scale", "bar_horizontal")})
+    write_csv(res.prototypes, report_dir / "details" / "prototypes.csv")
+    write_csv(res.overlap, report_dir / "details" / "overlap.csv")
+    _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root, gradcam,
+                       usage, labels)
     return info
 
 
@@ -82,7 +82,8 @@ def _gradcam_model(deeplab_dir: Path | None, device, classes):
     return load_gradcam_model(Path(deeplab_dir) / "model.pt", device, classes, option="the DeepLab baseline")
 
 
-def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path, data_root: Path, gradcam=None) -> None:
+def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: Path, data_root: Path, gradcam,
+                       usage, scale_labels) -> None:
     """The figures of the interpretability notebook, each saved as a PNG, and the explorer page."""
     saved = read_patches(project_dir)
     used = model.group_head.used_prototypes().cpu().numpy() if model.group_head is not None else None
@@ -90,11 +91,8 @@ def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: P
         fig = plots.prototype_gallery(*saved, used=used, group_weights=_group_weight_labels(model),
                                       title=f"{cfg.method}: prototypes by class and scale (source patches)")
         plots.save_figure(fig, report_dir / "gallery.png")
-    usage = scale_usage(model, meta.classes)
-    rates = list(cfg.model.aspp_rates)
-    labels = [f"rate {r}" for r in rates] if usage.shape[1] == len(rates) > 1 else None
     plots.save_figure(plots.scale_usage_figure(usage, title=f"{cfg.method}: share of used prototype weight per scale",
-                                               scale_labels=labels), report_dir / "scale_usage.png")
+                                               scale_labels=scale_labels), report_dir / "scale_usage.png")
     if model.group_head is not None:
         plots.save_figure(plots.group_composition_figure(*group_composition(model, meta.classes, names)),
                           report_dir / "group_composition.png")
@@ -137,10 +135,10 @@ def _group_weight_labels(model) -> list[str] | None:
 
 
 def _scale_names(cfg: RunConfig, columns) -> list[str]:
-    """Each prototype scale named by the ASPP dilation rate of its branch (`d=2` …) when there is one scale
+    """Each prototype scale named by the ASPP dilation rate of its branch (`rate 2` …) when there is one scale
     per branch (ScaleProtoSeg); ProtoSeg's single scale keeps its name."""
     rates = list(cfg.model.aspp_rates)
-    return [f"d={r}" for r in rates] if len(columns) == len(rates) > 1 else [str(c) for c in columns]
+    return [f"rate {r}" for r in rates] if len(columns) == len(rates) > 1 else [str(c) for c in columns]
 
 
 def explorer_view(report_dir: Path, notebook_dir: Path | None = None, height: int = 760):

@@ -106,7 +106,9 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
         info["released"] = released
         info["note"] = ("released model: its prototypes and last layer are kept as released (no projection onto this "
                         "data, no fine-tuning, no pruning); the pass only finds each prototype's nearest patch here.")
-    logger = LiveLogger(Path(report_dir) / "dvclive", params=cfg.to_dict()) if report_dir is not None and world.main else None
+    # nothing is fine-tuned for a released model: `project` writes its (empty) curves folder
+    logger = (LiveLogger(Path(report_dir) / "dvclive", params=cfg.to_dict())
+              if report_dir is not None and world.main and not released else None)
     try:
         phases = [] if released else _finetune(model, cfg, data_root, out_dir, logger, device, progress, meta, table, kept_names, loader, info)
     except BaseException:
