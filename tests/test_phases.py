@@ -174,6 +174,15 @@ def test_em_joint_trains_the_whole_unet_and_aspp_at_the_features_lr(params, meth
     assert (t.lr_warmup_aspp, t.lr_warmup_prototypes, cfg.project.lr_last_layer) == (2.5e-4, 2.5e-4, 1e-5)
 
 
+def test_em_groups_learning_rates_are_the_released_configs(params):
+    """group_scaleproto_em.gin: warm_optimizer_lr_group_projection 2.5e-4 (unused: EM runs no group warm-up),
+    joint_optimizer_lr_group_projection and last_layer_optimizer_lr 5e-5 — kept as released even where unused,
+    so that turning the warm-up on gives the paper code's schedule."""
+    g = load_config(params, dataset="em", method="scaleprotoseg_groups").train
+    assert g.warmup_steps == 0
+    assert (g.lr_warmup_groups, g.lr_joint_groups, g.lr_joint_head) == (2.5e-4, 5e-5, 5e-5)
+
+
 @pytest.mark.parametrize("dataset,protoseg_rule", [
     ("pascal", "any"), ("cityscapes", "any"), ("em", "any"), ("ade20k", "nearest"), ("coco_stuff", "nearest"),
 ])
