@@ -3,7 +3,9 @@ parameters.
 
 params.yaml is the only place a number is written. `load_config(params, dataset, method)` resolves the
 `experiment` section and, for the dataset's preset, every section as `defaults.<section>` with
-`presets.<dataset>.<section>` on top, and returns a `RunConfig`. Unknown keys, missing keys, wrong types and
+`presets.<dataset>.<section>` on top, and returns a `RunConfig`. The paper presets merge shared blocks
+(YAML anchors in the top-level `paper` section, `<<: *paper_model`): the YAML loader resolves them, so this
+module sees each preset section with its values written out and never reads `paper` itself. Unknown keys, missing keys, wrong types and
 out-of-range values raise `ConfigError` naming the full key (e.g. `presets.embedded.deeplab.steps`) and the
 fix. Below this module no function reads YAML, environment variables or the working directory.
 
@@ -138,7 +140,27 @@ def read_params(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must hold a mapping of sections.")
+    _refuse_aliased_mappings(params, path)
     return params
+
+
+def _refuse_aliased_mappings(params: dict, path: Path) -> None:
+    """A bare YAML alias of a mapping (`eval: *paper_eval`) makes one object of two places: `dvc exp run -S`
+    on one of them rewrites the other too, or loses the override. A merge (`eval: {<<: *paper_eval}`) makes a
+    mapping of its own."""
+    seen: dict[int, str] = {}
+
+    def walk(node: Any, where: str) -> None:
+        if not isinstance(node, dict):
+            return
+        if id(node) in seen:
+            raise ConfigError(f"{path}: {where} is an alias of {seen[id(node)]} (`*name`): write `{{<<: *name}}` "
+                              "to merge the block into a mapping of its own.")
+        seen[id(node)] = where
+        for key, value in node.items():
+            walk(value, f"{where}.{key}" if where else str(key))
+
+    walk(params, "")
 
 
 def set_key(params: dict, dotted: str, value: Any) -> None:
