@@ -109,3 +109,13 @@ def test_dataclass_defaults_equal_params_yaml(params):
                 assert getattr(built, f.name) == f.default, f"{where}.{f.name}: params.yaml and {cls.__name__} differ"
                 checked += 1
     assert checked >= 10 + 5  # EmbeddedConfig's ten and the preset sections' optional keys
+
+
+def test_a_small_float_written_back_by_dvc_is_a_number(tmp_path):
+    """`dvc exp run -S …lr_joint_trunk=1e-5` writes `1e-05`: DVC reads a number, and so does read_params."""
+    hydra = pytest.importorskip("dvc.utils.hydra")
+    path = tmp_path / "params.yaml"
+    shutil.copy(repo_root() / "params.yaml", path)
+    hydra.apply_overrides(path, ["presets.pascal.scaleprotoseg.lr_joint_trunk=1e-5"])
+    assert "lr_joint_trunk: 1e-05" in path.read_text()
+    assert load_config(read_params(path), "pascal", "scaleprotoseg").train.lr_joint_trunk == 1e-5

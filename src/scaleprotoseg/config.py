@@ -129,13 +129,22 @@ class RunConfig:
 
 
 def read_params(path: str | Path) -> dict:
+    """params.yaml as DVC reads it: YAML merges resolved, and `1e-05` a number (YAML 1.2, as DVC's loader and
+    `dvc exp run -S`, which writes small floats so, have it; PyYAML alone would read text)."""
+    import re
+
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found; run from the repository root or pass params_path.")
     try:
-        params = yaml.safe_load(path.read_text())
+        params = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
