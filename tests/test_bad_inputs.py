@@ -333,7 +333,7 @@ def test_a_corrupt_finished_phase_is_recomputed(ws, tmp_path, capsys, params):
 
 def test_a_killed_write_leaves_no_temporary_behind(tmp_path):
     """A temporary of the same target left by a killed writer is removed by the next write of that target."""
-    from scaleprotoseg.io import write_json
+    from scaleprotoseg.atomic import write_json
 
     target = tmp_path / "out" / "metrics.json"
     target.parent.mkdir()

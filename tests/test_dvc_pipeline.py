@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scaleprotoseg.deps import module_closure
+from scaleprotoseg.closure import module_closure
 
 from .repo_copy import copy_repository
 

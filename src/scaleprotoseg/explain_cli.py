@@ -28,7 +28,7 @@ from .artifacts import final_checkpoint, read_patches
 from .config import PROTOTYPE_METHODS
 from .data.transforms import normalise
 from .errors import ArtifactError, ConfigError, DataError, ScaleProtoSegError
-from .io import write_json
+from .atomic import write_json
 from .models.build import load_model
 from .plots import save_figure
 from .training.checkpoint import load_checkpoint

@@ -41,7 +41,7 @@ from .errors import ArtifactError
 from .explain import class_maps, class_members, class_weights, predict_from_sim, winner_map
 from .explorer_page import PAGE
 from .interpretability import similarity_maps
-from .io import atomic_path
+from .atomic import atomic_path
 from .plots import class_palette
 
 SALIENCY_SIDE = 64  # saliency maps are smooth: stored at most this many pixels a side

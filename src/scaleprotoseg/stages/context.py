@@ -161,7 +161,7 @@ DEFAULT_PATHS = {
 
 def _stage_module(name: str):
     """A stage module, for smoke mode only: imported with importlib, so that no stage counts the others as
-    code it depends on (dvc.yaml never runs smoke mode; see `deps`)."""
+    code it depends on (dvc.yaml never runs smoke mode; see `closure`)."""
     return importlib.import_module(f"scaleprotoseg.stages.{name}")
 
 

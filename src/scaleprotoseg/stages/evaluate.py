@@ -15,10 +15,10 @@ from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..evaluation import evaluate
-from ..io import write_csv
+from ..atomic import write_csv
 from ..metrics.segmentation import summarise
 from ..models.build import load_model
-from ..results import write_results
+from ..stage_metrics import write_results
 from ..training.loop import resolve_device
 
 

@@ -12,9 +12,9 @@ from ..artifacts import read_patches
 from ..config import RunConfig
 from ..data.prepared import PreparedDataset, read_meta
 from ..interpretability import group_composition, scale_usage
-from ..io import atomic_path, read_json, write_csv
+from ..atomic import atomic_path, read_json, write_csv
 from ..models.build import load_model
-from ..results import write_results
+from ..stage_metrics import write_results
 from ..training.loop import resolve_device
 
 

@@ -14,7 +14,7 @@ from ..config import data_source, embedded_spec
 from ..data.prepared import VOID, PreparedDataset, read_meta
 from ..data.synthetic import generate
 from ..errors import ConfigError
-from ..io import atomic_path
+from ..atomic import atomic_path
 from .context import resolve
 
 

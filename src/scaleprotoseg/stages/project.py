@@ -16,7 +16,7 @@ from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..errors import ArtifactError
-from ..io import atomic_dir, atomic_path, read_json, write_csv, write_json
+from ..atomic import atomic_dir, atomic_path, read_json, write_csv, write_json
 from ..models.build import load_model
 from ..training import distributed
 from ..training.checkpoint import save_checkpoint
@@ -53,7 +53,7 @@ def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, pro
 
 
 def _no_curves(directory: Path, cfg: RunConfig) -> None:
-    from ..results import flat_params
+    from ..stage_metrics import flat_params
 
     with atomic_dir(directory) as tmp:
         (tmp / "plots").mkdir()

@@ -16,7 +16,7 @@ from ..config import LAUNCH_KEYS, RunConfig
 from ..data.loader import eval_loader, val_subset
 from ..data.prepared import read_meta
 from ..errors import ArtifactError
-from ..io import read_json, write_json
+from ..atomic import read_json, write_json
 from ..models.build import build_for, load_model
 from ..training import distributed
 from ..training.checkpoint import save_checkpoint

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DivergenceError
-from ..io import clean_stale
+from ..atomic import clean_stale
 from ..losses import sharded_batch
 from ..progress import tqdm
 from . import distributed

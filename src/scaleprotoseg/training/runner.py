@@ -12,7 +12,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.loader import TrainStream
-from ..deps import code_version
+from ..closure import code_version
 from ..errors import ArtifactError
 from ..evaluation import evaluate
 from ..metrics.segmentation import iou_from_confusion
