@@ -130,7 +130,7 @@ def test_unsharded_mean_is_unchanged():
 
 
 def test_the_launcher_command(params):
-    from scaleprotoseg.launch import torchrun_command
+    from scaleprotoseg.stages.launch import torchrun_command
 
     cfg = load_config(params, method="deeplab", overrides={**TINY_OVERRIDES, "experiment.gpus": 4, "experiment.nodes": 2,
                                                              "presets.embedded.deeplab.batch_size": 8,

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import launch
 from ..artifacts import copy_projection_records
 from ..config import RunConfig
 from ..data.loader import eval_loader
@@ -22,6 +21,7 @@ from ..training import distributed
 from ..training.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
 from ..training.loop import resolve_device
+from . import launch
 from .context import seed_everything
 
 
@@ -185,3 +185,13 @@ def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
     write_json(out_dir / "used_prototypes.json", {"used": model.group_head.used_prototypes().cpu().tolist()})
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="thresholded", step=0, classes=payload["classes"])
     return {"method": cfg.method, "threshold": cfg.project.threshold, "before_threshold": before, **after}
+
+
+def _launched(cfg: RunConfig, a) -> None:
+    """One of the processes `launch.run` starts under torchrun."""
+    project(cfg, Path(a.data), Path(a.train), Path(a.out), progress=not a.no_progress,
+            report_dir=None if a.report is None else Path(a.report))
+
+
+if __name__ == "__main__":  # `python -m scaleprotoseg.stages.project --config …`: one process under torchrun
+    launch.child(_launched)

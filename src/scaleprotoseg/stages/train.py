@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import launch
 from ..artifacts import copy_projection_records
 from ..config import LAUNCH_KEYS, RunConfig
 from ..data.loader import eval_loader, val_subset
@@ -24,6 +23,7 @@ from ..training.live import LiveLogger
 from ..training.loop import resolve_device, resolve_precision
 from ..training.phases import METHOD_PHASES, phase_steps
 from ..training.runner import run_phases
+from . import launch
 from .context import seed_everything
 
 
@@ -174,3 +174,13 @@ def show_curves(report_dir: Path, title: str):
 
         return Markdown("*No training curves: this model was imported, not trained.*")
     return curves.plot(subplots=True, figsize=(8, 2.2 * curves.shape[1]), marker=".", title=title)
+
+
+def _launched(cfg: RunConfig, a) -> None:
+    """One of the processes `launch.run` starts under torchrun."""
+    train(cfg, Path(a.data), Path(a.out), Path(a.report), progress=not a.no_progress,
+          start_checkpoint=None if a.start_from is None else Path(a.start_from))
+
+
+if __name__ == "__main__":  # `python -m scaleprotoseg.stages.train --config …`: one process under torchrun
+    launch.child(_launched)
