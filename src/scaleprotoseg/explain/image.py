@@ -30,7 +30,7 @@ from ..errors import ArtifactError, ConfigError, DataError
 from ..atomic import write_json
 from ..models.build import load_model
 from ..plots import save_figure
-from ..training.loop import resolve_device
+from ..device import resolve_device
 
 
 def read_image(path: str | Path, size: int = 512) -> np.ndarray:

@@ -19,7 +19,7 @@ from ..atomic import write_csv
 from ..metrics.segmentation import summarise
 from ..models.build import load_model
 from ..stage_metrics import write_results
-from ..training.loop import resolve_device
+from ..device import resolve_device
 
 
 def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:

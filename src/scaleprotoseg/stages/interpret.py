@@ -15,7 +15,7 @@ from ..interpretability import group_composition, scale_usage
 from ..atomic import atomic_path, read_json, write_csv
 from ..models.build import load_model
 from ..stage_metrics import write_results
-from ..training.loop import resolve_device
+from ..device import resolve_device
 
 
 def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True,

@@ -20,7 +20,7 @@ from ..models.build import load_model
 from ..training import distributed
 from ..training.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
-from ..training.loop import resolve_device
+from ..device import resolve_device
 from . import launch
 from .context import seed_everything
 

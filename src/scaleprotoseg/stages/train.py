@@ -20,7 +20,7 @@ from ..models.build import build_for, load_model
 from ..training import distributed
 from ..training.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
-from ..training.loop import resolve_device, resolve_precision
+from ..device import resolve_device, resolve_precision
 from ..training.phases import METHOD_PHASES, phase_steps
 from ..training.runner import run_phases
 from . import launch

@@ -40,7 +40,8 @@ from ..config import GroupTrainConfig, ModelConfig, ProjectConfig, PrototypeTrai
 from ..evaluation import evaluate
 from ..losses import present_classes
 from ..models.build import build_model
-from ..training.loop import autocast, make_optimizer
+from ..device import autocast
+from ..training.loop import make_optimizer
 from ..training.phases import deeplab_loss, group_loss, phase_spec, stage1_loss
 
 PROTO = dict(features=64, batch_size=2, accumulation=1, warmup_steps=1, joint_steps=1,

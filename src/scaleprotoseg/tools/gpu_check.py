@@ -41,7 +41,8 @@ from ..config import GroupTrainConfig, ModelConfig, PrototypeTrainConfig, TrainC
 from ..losses import present_classes, sharded_batch
 from ..models.build import build_model
 from ..training import distributed
-from ..training.loop import LossStep, autocast, make_optimizer, resolve_precision, run_phase
+from ..device import autocast, resolve_precision
+from ..training.loop import LossStep, make_optimizer, run_phase
 from ..training.phases import loss_for, phase_spec, trunk_frozen
 
 # params.yaml presets.pascal resolved over defaults, copied here because a GPU machine may lack PyYAML
