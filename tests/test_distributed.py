@@ -18,7 +18,7 @@ from scaleprotoseg.errors import ConfigError
 from scaleprotoseg.losses import batch_mean, pixel_cross_entropy, sharded_batch
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
-from scaleprotoseg.training.checkpoint import load_checkpoint
+from scaleprotoseg.models.checkpoint import load_checkpoint
 
 from .conftest import TINY_OVERRIDES
 

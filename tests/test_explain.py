@@ -32,7 +32,7 @@ from scaleprotoseg.interpretability import similarity_maps
 from scaleprotoseg.models.build import build_for
 from scaleprotoseg.models.prototypes import EPSILON, prototype_names
 from scaleprotoseg.paths import repo_root
-from scaleprotoseg.training.checkpoint import save_checkpoint
+from scaleprotoseg.models.checkpoint import save_checkpoint
 
 from .figure_checks import text_problems
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ArtifactError
 from ..models.build import load_model
-from ..training.checkpoint import load_checkpoint
+from ..models.checkpoint import load_checkpoint
 
 WHERE_MODELS = ("a prototype model is the model.pt the project stage writes (artifacts/project/<method>/seed-<n>/), "
                 "a DeepLab model the one the train stage writes (artifacts/train/deeplab/seed-<n>/)")

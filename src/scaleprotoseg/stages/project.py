@@ -18,7 +18,7 @@ from ..errors import ArtifactError
 from ..atomic import atomic_dir, atomic_path, read_json, write_csv, write_json
 from ..models.build import load_model
 from ..training import distributed
-from ..training.checkpoint import save_checkpoint
+from ..models.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
 from ..device import resolve_device
 from . import launch

@@ -18,7 +18,7 @@ from ..errors import ArtifactError
 from ..atomic import read_json, write_json
 from ..models.build import build_for, load_model
 from ..training import distributed
-from ..training.checkpoint import save_checkpoint
+from ..models.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
 from ..device import resolve_device, resolve_precision
 from ..training.phases import METHOD_PHASES, phase_steps

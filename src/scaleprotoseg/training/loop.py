@@ -34,7 +34,7 @@ from ..errors import ConfigError, DivergenceError
 from ..losses import sharded_batch
 from ..progress import tqdm
 from . import distributed
-from .checkpoint import check_finite, write_torch
+from ..models.checkpoint import check_finite, write_torch
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float = 0.0, momentum: float = 0.9):
