@@ -14,7 +14,7 @@ LOCK_TOOLS := uv==0.13.9 pyyaml==6.0.4
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup lock repro test unit nbval bench schedule gpu-check clean-venv
+.PHONY: setup lock repro test unit nbval bench cost schedule gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -52,17 +52,20 @@ nbval: setup
 
 # Cost of the prototype methods relative to DeepLab, side by side in one run (ratios; see README).
 bench: setup
-	$(PY) -m scaleprotoseg.bench $(BENCH_ARGS)
-	$(PY) -m scaleprotoseg.bench --interpret-memory
+	$(PY) -m scaleprotoseg.tools.bench $(BENCH_ARGS)
+	$(PY) -m scaleprotoseg.tools.bench --interpret-memory
 
-# Cost of each dataset's paper schedule: FLOP counted per phase (SCHEDULE_ARGS="--measure 20" on a GPU: measured).
-schedule: setup
-	$(PY) -m scaleprotoseg.schedule $(SCHEDULE_ARGS)
+# Cost of each dataset's paper schedule: FLOP counted per phase (COST_ARGS="--measure 20" on a GPU: measured).
+# COST_ARGS (or SCHEDULE_ARGS) pass options; `make schedule` is the same target under its former name.
+cost: setup
+	$(PY) -m scaleprotoseg.tools.cost $(COST_ARGS) $(SCHEDULE_ARGS)
+
+schedule: cost
 
 # On a machine with CUDA, with nothing but PyTorch and NumPy (no venv): each method's training on the Pascal
 # preset's model, the bench in bf16 and fp32, peak memory, images/s, MFU and a torchrun run (see README).
 gpu-check:
-	PYTHONPATH=src python3 -m scaleprotoseg.gpu_check $(GPU_CHECK_ARGS)
+	PYTHONPATH=src python3 -m scaleprotoseg.tools.gpu_check $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -25,7 +25,7 @@ from scaleprotoseg.stages.evaluate import evaluate_stage
 from scaleprotoseg.stages.prepare import prepare_dataset
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
-from scaleprotoseg.training.checkpoint import load_checkpoint, save_checkpoint
+from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 from .conftest import TINY_OVERRIDES
 from .layouts import write_folder
@@ -221,7 +221,7 @@ def non_finite_weights_are_not_saved(ws, tmp_path):
 
 
 def disk_full_while_writing_a_checkpoint(ws, tmp_path, monkeypatch=None):
-    import scaleprotoseg.training.checkpoint as ck
+    import scaleprotoseg.models.checkpoint as ck
 
     real = torch.save
 
@@ -333,7 +333,7 @@ def test_a_corrupt_finished_phase_is_recomputed(ws, tmp_path, capsys, params):
 
 def test_a_killed_write_leaves_no_temporary_behind(tmp_path):
     """A temporary of the same target left by a killed writer is removed by the next write of that target."""
-    from scaleprotoseg.io import write_json
+    from scaleprotoseg.atomic import write_json
 
     target = tmp_path / "out" / "metrics.json"
     target.parent.mkdir()

@@ -18,7 +18,7 @@ from scaleprotoseg.errors import ConfigError
 from scaleprotoseg.losses import batch_mean, pixel_cross_entropy, sharded_batch
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
-from scaleprotoseg.training.checkpoint import load_checkpoint
+from scaleprotoseg.models.checkpoint import load_checkpoint
 
 from .conftest import TINY_OVERRIDES
 
@@ -130,7 +130,7 @@ def test_unsharded_mean_is_unchanged():
 
 
 def test_the_launcher_command(params):
-    from scaleprotoseg.launch import torchrun_command
+    from scaleprotoseg.stages.launch import torchrun_command
 
     cfg = load_config(params, method="deeplab", overrides={**TINY_OVERRIDES, "experiment.gpus": 4, "experiment.nodes": 2,
                                                              "presets.embedded.deeplab.batch_size": 8,

@@ -18,18 +18,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from scaleprotoseg import explain, explain_cli, explain_figures
+from scaleprotoseg.explain import figures as explain_figures
+from scaleprotoseg.explain import __main__ as cli
+from scaleprotoseg.explain import image as explain_image
+from scaleprotoseg.explain import maps as explain
 from scaleprotoseg.artifacts import read_patches
 from scaleprotoseg.config import embedded_spec, load_config
 from scaleprotoseg.data.synthetic import CLASSES as EMBEDDED_CLASSES
 from scaleprotoseg.data.synthetic import generate_sample
 from scaleprotoseg.data.transforms import normalise
-from scaleprotoseg.gradcam import gradcam_maps
+from scaleprotoseg.explain.gradcam import gradcam_maps
 from scaleprotoseg.interpretability import similarity_maps
 from scaleprotoseg.models.build import build_for
 from scaleprotoseg.models.prototypes import EPSILON, prototype_names
 from scaleprotoseg.paths import repo_root
-from scaleprotoseg.training.checkpoint import save_checkpoint
+from scaleprotoseg.models.checkpoint import save_checkpoint
 
 from .figure_checks import text_problems
 
@@ -88,10 +91,10 @@ def inputs(image, cfg):
 
 def test_cli_explains_a_photograph_never_seen_in_training(tmp_path, params):
     """`python -m scaleprotoseg.explain` on scikit-image's astronaut with a grouped model and a DeepLab."""
-    image = explain_cli.sample_image(tmp_path / "in")
+    image = explain_image.sample_image(tmp_path / "in")
     K = len(EMBEDDED_CLASSES)
     model, cfg = tiny_model(params, "scaleprotoseg_groups", K)
-    vary_head(model, inputs(explain_cli.read_image(image, 64), cfg))
+    vary_head(model, inputs(explain_image.read_image(image, 64), cfg))
     ckpt = save_model(tmp_path / "groups", model, cfg, EMBEDDED_CLASSES)
     deeplab, dcfg = tiny_model(params, "deeplab", K)
     cam = save_model(tmp_path / "deeplab", deeplab, dcfg, EMBEDDED_CLASSES)
@@ -106,7 +109,7 @@ def test_cli_explains_a_photograph_never_seen_in_training(tmp_path, params):
     summary = json.loads(js.read_text())
     assert summary["size"] == [64, 64] and summary["model"] == "groups" and summary["source_patches"] == "shown"
     # the explained classes: the two largest predicted classes (background last), each with the DeepLab map
-    rgb = explain_cli.read_image(image, 64)
+    rgb = explain_image.read_image(image, 64)
     pred = explain.predict_from_sim(model, similarity_maps(model, inputs(rgb, cfg)), rgb.shape[:2])
     counts = np.bincount(pred.ravel(), minlength=K)
     ranked = sorted(np.nonzero(counts)[0], key=lambda k: (k == 0, -counts[k]))[:2]
@@ -121,7 +124,7 @@ def test_cli_explains_an_embedded_validation_image_and_says_when_patches_are_mis
     model, cfg = tiny_model(params, "scaleprotoseg", len(EMBEDDED_CLASSES))
     vary_head(model, inputs(np.asarray(Image.open(tmp_path / "val0.jpg").convert("RGB")), cfg))
     ckpt = save_model(tmp_path / "proto", model, cfg, EMBEDDED_CLASSES, patches=False)
-    assert explain.main(["--checkpoint", str(ckpt), "--image", str(tmp_path / "val0.jpg"), "--out", str(tmp_path / "o"),
+    assert cli.main(["--checkpoint", str(ckpt), "--image", str(tmp_path / "val0.jpg"), "--out", str(tmp_path / "o"),
                          "--device", "cpu"]) == 0
     assert "wrote" in capsys.readouterr().out
     summary = json.loads((tmp_path / "o" / "val0_explained.json").read_text())
@@ -132,9 +135,9 @@ def test_cli_explains_an_embedded_validation_image_and_says_when_patches_are_mis
 
 def test_a_large_image_is_shrunk_to_the_size_keeping_its_aspect(tmp_path):
     Image.fromarray(np.zeros((300, 1000, 3), np.uint8)).save(tmp_path / "wide.png")
-    assert explain_cli.read_image(tmp_path / "wide.png", 512).shape == (154, 512, 3)
+    assert explain_image.read_image(tmp_path / "wide.png", 512).shape == (154, 512, 3)
     Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "grey.png")  # grey and small: RGB, kept as is
-    assert explain_cli.read_image(tmp_path / "grey.png", 512).shape == (30, 40, 3)
+    assert explain_image.read_image(tmp_path / "grey.png", 512).shape == (30, 40, 3)
 
 
 @pytest.fixture()
@@ -183,7 +186,7 @@ def test_bad_inputs_give_one_clear_message_and_write_nothing(tmp_path, good_inpu
     import re
 
     argv, _ = _bad(tmp_path, case, good_inputs)
-    assert explain.main(argv) == 1
+    assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(expected, err), err
     assert not good_inputs["out"].exists()

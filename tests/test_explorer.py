@@ -16,7 +16,7 @@ import torch
 
 from scaleprotoseg.data.prepared import PreparedDataset
 from scaleprotoseg.data.transforms import eval_transform
-from scaleprotoseg.explorer import quantise, run_lengths, write_explorer
+from scaleprotoseg.explain.explorer import quantise, run_lengths, write_explorer
 from scaleprotoseg.models.build import build_model
 from scaleprotoseg.models.prototypes import prototype_names
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from scaleprotoseg import bench, gpu_check
+from scaleprotoseg.tools import bench, gpu_check
 from scaleprotoseg.config import load_config, read_params
 from scaleprotoseg.losses import present_classes
 from scaleprotoseg.paths import repo_root
@@ -25,7 +25,7 @@ RUN_BLOCKED = f"""
 import runpy, sys
 sys.modules.update(dict.fromkeys({BLOCKED!r}))
 sys.argv = ["gpu_check"] + sys.argv[1:]
-runpy.run_module("scaleprotoseg.gpu_check", run_name="__main__")
+runpy.run_module("scaleprotoseg.tools.gpu_check", run_name="__main__")
 """
 
 

@@ -21,7 +21,7 @@ import torch
 from scaleprotoseg.artifacts import read_curves
 from scaleprotoseg.data.prepared import DatasetMeta, write_prepared
 from scaleprotoseg.paths import repo_root
-from scaleprotoseg.training.checkpoint import load_checkpoint
+from scaleprotoseg.models.checkpoint import load_checkpoint
 
 from .conftest import CLASSES, TINY_OVERRIDES, tiny_samples
 

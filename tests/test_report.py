@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from scaleprotoseg.io import write_json
+from scaleprotoseg.atomic import write_json
 from scaleprotoseg.stages.context import layout
 from scaleprotoseg.stages.report import collect_results, display_table, write_report
 

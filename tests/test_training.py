@@ -12,7 +12,7 @@ from scaleprotoseg.models.build import build_model, load_model
 from scaleprotoseg.stages.evaluate import evaluate_stage
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
-from scaleprotoseg.training.checkpoint import load_checkpoint, save_checkpoint
+from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_checkpoint_round_trip_is_data_only(tmp_path, tiny_cfg):

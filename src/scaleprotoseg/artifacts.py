@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
+from .atomic import atomic_path
 
 
 def provenance(project_dir: Path) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from .data.prepared import PreparedDataset, read_meta
 from .data.sources import CITYSCAPES_TRAINID_TO_LABELID, voc_palette
 from .data.transforms import eval_transform
 from .evaluation import predict
-from .io import atomic_dir
+from .atomic import atomic_dir
 
 SERVERS = ("pascal", "cityscapes")
 

@@ -26,7 +26,7 @@ from .errors import ArtifactError, ConfigError, ScaleProtoSegError
 from .models.build import build_for
 from .released.mapping import describe, to_ours
 from .released.unpickle import read_checkpoint
-from .training.checkpoint import save_checkpoint
+from .models.checkpoint import save_checkpoint
 
 PHASE = "released"
 

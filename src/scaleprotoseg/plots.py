@@ -224,7 +224,7 @@ def curves_figure(curves: dict, title="Training curves"):
 
 def save_figure(fig, path) -> None:
     """Save atomically as PNG (the only file-writing helper here) and close the figure."""
-    from .io import atomic_path
+    from .atomic import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

@@ -98,7 +98,7 @@ def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bo
 
     from ..progress import tqdm
 
-    from ..io import atomic_dir
+    from ..atomic import atomic_dir
     from .prepared import save_sample
 
     missing = source.missing()

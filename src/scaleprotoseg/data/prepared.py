@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_dir
+from ..atomic import atomic_dir
 
 FORMAT = "scaleprotoseg-prepared-v1"
 VOID = 255

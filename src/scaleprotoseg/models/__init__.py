@@ -1,6 +1,7 @@
 """Networks: backbones, ASPP heads and the segmenters built from them.
 
-`base` (MSC, BatchNorm held in eval mode, the segmenter base class) ← `deeplab`, `prototypes` ← `build`.
+`base` (MSC, BatchNorm held in eval mode, the segmenter base class) ← `deeplab`, `prototypes` ← `build`;
+`checkpoint` is the data-only file a trained model is saved in and rebuilt from (`build.load_model`).
 """
 
 from .aspp import ASPP

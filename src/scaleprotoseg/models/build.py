@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import ModelConfig, RunConfig
 from ..errors import ArtifactError, ConfigError
-from ..training.checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint
 from .backbone import build_backbone, freeze_batchnorm
 from .deeplab import DeepLabV2
 from .prototypes import PrototypeSegmenter

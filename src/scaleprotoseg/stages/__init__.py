@@ -10,7 +10,9 @@
 | `report` | 60_report | the results table and figures |
 | `export` | 70_export | test-set predictions for the servers |
 
-`context` holds what they share (configuration and folders of a stage, smoke mode, display helpers).
+`context` holds what a stage notebook uses (configuration and folders of a stage, smoke mode, display
+helpers), `common` what the stage modules share with it (layout, seeding);
+`launch` starts the train and project stages again under `torchrun` when several processes are asked for.
 Each stage module imports only what its stage runs, so dvc.yaml can list exactly those files as the
 stage's code dependencies.
 """

@@ -19,13 +19,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
 from ..config import RunConfig, load_config, method_names, read_params, seed_list, set_key
 from ..errors import ArtifactError
 from ..paths import repo_root
+from .common import LAYOUT, layout, resolve
 
 SMOKE_OVERRIDES = {
     "experiment.dataset": "embedded",
@@ -53,12 +52,6 @@ for _m in ("protoseg", "scaleprotoseg"):
     SMOKE_OVERRIDES[f"presets.embedded.project_{_m}.finetune_steps"] = 1
 
 
-def resolve(path: str | Path) -> Path:
-    """Paths in params.yaml and dvc.yaml are relative to the repository root."""
-    path = Path(path)
-    return path if path.is_absolute() else repo_root() / path
-
-
 def load_params(params_path: str | Path, smoke: bool) -> dict:
     params = read_params(resolve(params_path))
     if smoke:
@@ -67,25 +60,7 @@ def load_params(params_path: str | Path, smoke: bool) -> dict:
     return params
 
 
-LAYOUT = {
-    "prepared": "artifacts/prepared/{dataset}",
-    "prepare_reports": "reports/prepare",
-    "report": "reports/report",
-    "train": "artifacts/train/{method}/seed-{seed}",
-    "deeplab_train": "artifacts/train/deeplab/seed-{seed}",
-    "project": "artifacts/project/{method}/seed-{seed}",
-    "export": "artifacts/export/{method}/seed-{seed}",
-    "train_reports": "reports/train/{method}/seed-{seed}",
-    "project_reports": "reports/project/{method}/seed-{seed}",
-    "evaluate_reports": "reports/evaluate/{method}/seed-{seed}",
-    "interpret_reports": "reports/interpret/{method}/seed-{seed}",
-}
 SMOKE_ENV = "SCALEPROTOSEG_SMOKE"
-
-
-def layout(key: str, dataset: str = "embedded", method: str = "deeplab", seed: int = 0) -> str:
-    """Where the pipeline keeps `key` for one dataset, method and seed (relative to the repository)."""
-    return LAYOUT[key].format(dataset=dataset, method=method, seed=seed)
 
 
 def smoke_default(smoke: bool | None) -> bool:
@@ -161,7 +136,8 @@ DEFAULT_PATHS = {
 
 def _stage_module(name: str):
     """A stage module, for smoke mode only: imported with importlib, so that no stage counts the others as
-    code it depends on (dvc.yaml never runs smoke mode; see `deps`)."""
+    code it depends on (dvc.yaml never runs smoke mode; see `closure`). No stage imports this module (what
+    they share with it is in `common`), so this runs no import in a circle."""
     return importlib.import_module(f"scaleprotoseg.stages.{name}")
 
 
@@ -205,11 +181,6 @@ def _smoke_chain(cfg: RunConfig, root: Path, upto: str) -> None:
 def start_checkpoint(cfg: RunConfig, root: Path) -> Path | None:
     """The model `cfg.method` starts from (scaleprotoseg_groups: scaleprotoseg's projected model)."""
     return root / layout("project", cfg.dataset, cfg.start.method, cfg.seed) / "model.pt" if cfg.start is not None else None
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
 
 
 def dump(obj) -> str:

@@ -15,11 +15,11 @@ from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..evaluation import evaluate
-from ..io import write_csv
+from ..atomic import write_csv
 from ..metrics.segmentation import summarise
 from ..models.build import load_model
-from ..results import write_results
-from ..training.loop import resolve_device
+from ..stage_metrics import write_results
+from ..device import resolve_device
 
 
 def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:

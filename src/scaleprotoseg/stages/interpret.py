@@ -12,10 +12,10 @@ from ..artifacts import read_patches
 from ..config import RunConfig
 from ..data.prepared import PreparedDataset, read_meta
 from ..interpretability import group_composition, scale_usage
-from ..io import atomic_path, read_json, write_csv
+from ..atomic import atomic_path, read_json, write_csv
 from ..models.build import load_model
-from ..results import write_results
-from ..training.loop import resolve_device
+from ..stage_metrics import write_results
+from ..device import resolve_device
 
 
 def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True,
@@ -77,7 +77,7 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
 def _gradcam_model(deeplab_dir: Path | None, device, classes):
     if deeplab_dir is None or not (Path(deeplab_dir) / "model.pt").is_file():
         return None
-    from ..explain_cli import load_gradcam_model
+    from ..explain.gradcam import load_gradcam_model
 
     return load_gradcam_model(Path(deeplab_dir) / "model.pt", device, classes, option="the DeepLab baseline")
 
@@ -96,7 +96,7 @@ def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: P
     if model.group_head is not None:
         plots.save_figure(plots.group_composition_figure(*group_composition(model, meta.classes, names)),
                           report_dir / "group_composition.png")
-    from .. import explain
+    from ..explain import maps as explain
 
     device = next(model.parameters()).device
     val = PreparedDataset(data_root, "val")
@@ -106,11 +106,11 @@ def _interpret_figures(model, cfg, meta, names, project_dir: Path, report_dir: P
     if saved is not None:
         fig = explain.nearest_prototypes(model, val, cfg.data, device, cfg.seed, *saved)
         plots.save_figure(fig, report_dir / "nearest_prototypes.png")
-    from ..explorer import write_explorer
+    from ..explain.explorer import write_explorer
 
     saliency = None
     if gradcam is not None:
-        from ..gradcam import gradcam_maps
+        from ..explain.gradcam import gradcam_maps
 
         def saliency(x, classes):
             return gradcam_maps(gradcam, x, classes)

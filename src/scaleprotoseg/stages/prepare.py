@@ -14,8 +14,8 @@ from ..config import data_source, embedded_spec
 from ..data.prepared import VOID, PreparedDataset, read_meta
 from ..data.synthetic import generate
 from ..errors import ConfigError
-from ..io import atomic_path
-from .context import resolve
+from ..atomic import atomic_path
+from .common import resolve
 
 
 def synthetic_spec(params: dict):

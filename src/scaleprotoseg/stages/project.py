@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import launch
 from ..artifacts import copy_projection_records
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..errors import ArtifactError
-from ..io import atomic_dir, atomic_path, read_json, write_csv, write_json
+from ..atomic import atomic_dir, atomic_path, read_json, write_csv, write_json
 from ..models.build import load_model
 from ..training import distributed
-from ..training.checkpoint import save_checkpoint
+from ..models.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
-from ..training.loop import resolve_device
-from .context import seed_everything
+from ..device import resolve_device
+from . import launch
+from .common import seed_everything
 
 
 def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True,
@@ -53,7 +53,7 @@ def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, pro
 
 
 def _no_curves(directory: Path, cfg: RunConfig) -> None:
-    from ..results import flat_params
+    from ..stage_metrics import flat_params
 
     with atomic_dir(directory) as tmp:
         (tmp / "plots").mkdir()
@@ -185,3 +185,13 @@ def threshold_groups(cfg: RunConfig, train_dir: Path, out_dir: Path) -> dict:
     write_json(out_dir / "used_prototypes.json", {"used": model.group_head.used_prototypes().cpu().tolist()})
     save_checkpoint(out_dir / "model.pt", model, cfg.to_dict(), phase="thresholded", step=0, classes=payload["classes"])
     return {"method": cfg.method, "threshold": cfg.project.threshold, "before_threshold": before, **after}
+
+
+def _launched(cfg: RunConfig, a) -> None:
+    """One of the processes `launch.run` starts under torchrun."""
+    project(cfg, Path(a.data), Path(a.train), Path(a.out), progress=not a.no_progress,
+            report_dir=None if a.report is None else Path(a.report))
+
+
+if __name__ == "__main__":  # `python -m scaleprotoseg.stages.project --config …`: one process under torchrun
+    launch.child(_launched)

@@ -10,21 +10,21 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import launch
 from ..artifacts import copy_projection_records
 from ..config import LAUNCH_KEYS, RunConfig
 from ..data.loader import eval_loader, val_subset
 from ..data.prepared import read_meta
 from ..errors import ArtifactError
-from ..io import read_json, write_json
+from ..atomic import read_json, write_json
 from ..models.build import build_for, load_model
 from ..training import distributed
-from ..training.checkpoint import save_checkpoint
+from ..models.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
-from ..training.loop import resolve_device, resolve_precision
+from ..device import resolve_device, resolve_precision
 from ..training.phases import METHOD_PHASES, phase_steps
 from ..training.runner import run_phases
-from .context import seed_everything
+from . import launch
+from .common import seed_everything
 
 
 def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,
@@ -174,3 +174,13 @@ def show_curves(report_dir: Path, title: str):
 
         return Markdown("*No training curves: this model was imported, not trained.*")
     return curves.plot(subplots=True, figsize=(8, 2.2 * curves.shape[1]), marker=".", title=title)
+
+
+def _launched(cfg: RunConfig, a) -> None:
+    """One of the processes `launch.run` starts under torchrun."""
+    train(cfg, Path(a.data), Path(a.out), Path(a.report), progress=not a.no_progress,
+          start_checkpoint=None if a.start_from is None else Path(a.start_from))
+
+
+if __name__ == "__main__":  # `python -m scaleprotoseg.stages.train --config …`: one process under torchrun
+    launch.child(_launched)

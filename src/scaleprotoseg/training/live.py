@@ -18,7 +18,7 @@ class LiveLogger:
     def __init__(self, directory: Path, params: dict | None = None):
         from dvclive import Live
 
-        from ..results import flat_params
+        from ..stage_metrics import flat_params
 
         self.dir = Path(directory)
         self.previous = self.dir.with_name(f".{self.dir.name}.previous")

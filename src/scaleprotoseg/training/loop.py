@@ -28,21 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import clean_stale
+from ..device import autocast
 from ..errors import ConfigError, DivergenceError
-from ..io import clean_stale
 from ..losses import sharded_batch
 from ..progress import tqdm
 from . import distributed
-from .checkpoint import check_finite, write_torch
-
-
-def resolve_device(name: str, key: str = "experiment.device") -> torch.device:
-    """`auto` (CUDA when present), `cpu` or `cuda`; `key` names where the setting came from, for the message."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key} is 'cuda' but no CUDA device is available; set it to auto or cpu.")
-    return torch.device(name)
+from ..models.checkpoint import check_finite, write_torch
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float = 0.0, momentum: float = 0.9):
@@ -62,22 +54,6 @@ def poly_factor(update: int, total_updates: int, power: float) -> float:
     if power == 0 or total_updates <= 0:
         return 1.0
     return max(1.0 - update / total_updates, 0.0) ** power
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto`: bf16 on a CUDA device that supports it, fp32 otherwise (CPU). (config.py checks the name.)"""
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("experiment.precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU.")
-    return name
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast of the trunk and ASPP for bf16/fp16 (the prototype head and the losses stay float32: they
-    disable it themselves); a disabled context for fp32."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 class LossStep(nn.Module):

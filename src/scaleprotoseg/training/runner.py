@@ -12,14 +12,15 @@ import torch
 
 from ..config import RunConfig
 from ..data.loader import TrainStream
-from ..deps import code_version
+from ..closure import code_version
 from ..errors import ArtifactError
 from ..evaluation import evaluate
 from ..metrics.segmentation import iou_from_confusion
 from ..progress import phase_line
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import clear_resume, make_optimizer, resolve_precision, run_phase
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..device import resolve_precision
+from .loop import clear_resume, make_optimizer, run_phase
 from .phases import TRAINS, loss_for, lr_keys, phase_spec, trunk_frozen
 
 

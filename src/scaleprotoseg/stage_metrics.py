@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_dir, write_json
+from .atomic import atomic_dir, write_json
 
 HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpret": ("consistency", "stability")}
 

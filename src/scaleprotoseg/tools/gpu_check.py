@@ -1,5 +1,5 @@
 """`make gpu-check`: one short check of training on a CUDA machine, with nothing but PyTorch, NumPy and this
-package's source (`PYTHONPATH=src python3 -m scaleprotoseg.gpu_check`; no PyYAML, tqdm, PIL, DVC needed).
+package's source (`PYTHONPATH=src python3 -m scaleprotoseg.tools.gpu_check`; no PyYAML, tqdm, PIL, DVC needed).
 
 Parts, each catching its own failure (reported in the table; the exit status is 1 if any failed):
 
@@ -12,7 +12,7 @@ Parts, each catching its own failure (reported in the table; the exit status is 
 - `torchrun`: `python -m torch.distributed.run --standalone --nproc_per_node=<--ddp-procs>` of this module
   with `--ddp-child`: NCCL (gloo with `--cpu-smoke`), a ScaleProtoSeg joint phase through `run_phase`, then
   a few steps through DistributedDataParallel itself (even with one process), and an all-reduce.
-- `bench <head>`: the bench's ratios (`scaleprotoseg.bench`) at the paper trunk and crops, bf16 and fp32.
+- `bench <head>`: the bench's ratios (`scaleprotoseg.tools.bench`) at the paper trunk and crops, bf16 and fp32.
 
 The table is printed at the end and written as JSON to `--out`. `--cpu-smoke` runs the same code paths on
 the CPU with tiny sizes (small trunk, a few steps) so that the check itself is tested without a GPU.
@@ -37,12 +37,13 @@ from types import SimpleNamespace
 import torch
 
 from . import bench
-from .config import GroupTrainConfig, ModelConfig, PrototypeTrainConfig, TrainConfig
-from .losses import present_classes, sharded_batch
-from .models.build import build_model
-from .training import distributed
-from .training.loop import LossStep, autocast, make_optimizer, resolve_precision, run_phase
-from .training.phases import loss_for, phase_spec, trunk_frozen
+from ..config import GroupTrainConfig, ModelConfig, PrototypeTrainConfig, TrainConfig
+from ..losses import present_classes, sharded_batch
+from ..models.build import build_model
+from ..training import distributed
+from ..device import autocast, resolve_precision
+from ..training.loop import LossStep, make_optimizer, run_phase
+from ..training.phases import loss_for, phase_spec, trunk_frozen
 
 # params.yaml presets.pascal resolved over defaults, copied here because a GPU machine may lack PyYAML
 # (tests/test_gpu_check.py checks every value against params.yaml). Random weights: pretrained is false.
@@ -193,7 +194,7 @@ def bench_part(head: str, s: Settings, device: torch.device, precisions) -> list
 def torchrun_part(a, s: Settings, device: torch.device) -> dict:
     """Start this module under torchrun with `--ddp-child` and read back the child's result line."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.ddp_procs}",
-           "-m", "scaleprotoseg.gpu_check", "--ddp-child", "--precision", a.precision] + (["--cpu-smoke"] if a.cpu_smoke else [])
+           "-m", "scaleprotoseg.tools.gpu_check", "--ddp-child", "--precision", a.precision] + (["--cpu-smoke"] if a.cpu_smoke else [])
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -1,7 +1,7 @@
 """What the paper schedule of each dataset costs: per method, the training micro-batches of every phase, the
 validation passes during training, the evaluation and projection passes, and the time they take.
 
-`python -m scaleprotoseg.schedule` counts the floating-point operations of one micro-batch of every phase on
+`python -m scaleprotoseg.tools.cost` counts the floating-point operations of one micro-batch of every phase on
 PyTorch's `meta` device (no computation, seconds on any machine): the real preset model at the preset's crop,
 batch and MSC scales, forward plus backward through exactly the parameters the phase trains. Time is then
 FLOP / `--tflops` (a sustained rate you supply: an assumption, printed with the result).
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import load_config, read_params
-from .paths import repo_root
-from .training.phases import METHOD_PHASES, phase_steps
+from ..config import load_config, read_params
+from ..paths import repo_root
+from ..training.phases import METHOD_PHASES, phase_steps
 
 DATASETS = ("pascal", "cityscapes", "ade20k", "coco_stuff", "em")
 METHODS = ("deeplab", "protoseg", "scaleprotoseg", "scaleprotoseg_groups")
@@ -84,7 +84,7 @@ def validation_passes(cfg, dataset: str) -> tuple[int, int]:
 
 
 def _model(cfg, K):
-    from .models.build import build_for
+    from ..models.build import build_for
 
     return build_for(cfg, K, offline=True)
 
@@ -112,7 +112,7 @@ def _tensors(out):
 
 
 def _set_phase(model, cfg, phase):
-    from .training.phases import phase_spec, trunk_frozen
+    from ..training.phases import phase_spec, trunk_frozen
 
     if phase != "train":  # DeepLab's "train": every parameter that is not a frozen BatchNorm affine
         phase_spec(model, phase, cfg)

@@ -13,7 +13,7 @@
   both on the validation image where that confusion covers most pixels.
 
 Prototype labels are the gallery's (`models.prototypes.prototype_names`: 's<scale>/<rank within class and
-scale>'); groups are 'g<k>'. `python -m scaleprotoseg.explain` explains an image file (see `explain_cli`).
+scale>'); groups are 'g<k>'. `python -m scaleprotoseg.explain` explains an image file (see `image` and `__main__`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import explain_figures, plots
-from .data.prepared import VOID
-from .data.transforms import eval_transform
-from .interpretability import similarity_maps, upsample
+from .. import plots
+from . import figures
+from ..data.prepared import VOID
+from ..data.transforms import eval_transform
+from ..interpretability import similarity_maps, upsample
 
 MAX_DECIDING = 6  # source patches shown per explained class
 
@@ -40,7 +41,7 @@ def _inputs(dataset, i, data_cfg, device):
 
 def class_members(model, c: int) -> tuple[torch.Tensor, list[str]]:
     """Class c's prototypes (global indices, ascending) and their labels 's<scale>/<m>' (the gallery's names)."""
-    from .models.prototypes import prototype_names
+    from ..models.prototypes import prototype_names
 
     idx = torch.nonzero(model.prototypes.proto_class == c).flatten().cpu()
     classes = [str(k) for k in range(model.num_classes)]
@@ -206,7 +207,7 @@ def explain_prediction(model, dataset, data_cfg, device, seed: int, method: str,
     image, label, x = _inputs(dataset, i, data_cfg, device)
     expl = explain_input(model, image, x, dataset.meta.classes, label.shape, max_classes, label=label,
                          gradcam_model=gradcam_model)
-    return explain_figures.explanation_figure(expl, patches, title=f"{method}: why each class is predicted ({dataset.ids[i]})")
+    return figures.explanation_figure(expl, patches, title=f"{method}: why each class is predicted ({dataset.ids[i]})")
 
 
 @torch.no_grad()
@@ -233,7 +234,7 @@ def nearest_prototypes(model, dataset, data_cfg, device, seed: int, patches, box
             per_scale.append([(int(idx[o]), float(dist[o])) for o in order])
         rows.append(((y, xx), dataset.meta.classes[label[y, xx]], per_scale))
     rates = getattr(model.aspp, "rates", None) if getattr(model, "multiscale", False) else None
-    return explain_figures.nearest_figure(image, rows, patches, boxes, names, title=f"Nearest prototypes per scale ({dataset.ids[i]})",
+    return figures.nearest_figure(image, rows, patches, boxes, names, title=f"Nearest prototypes per scale ({dataset.ids[i]})",
                                           rates=rates)
 
 
@@ -272,14 +273,3 @@ def failure_cases(model, dataset, data_cfg, device, n_classes: int = 2, max_imag
         cases.append({"class": c, "other": other, "iou": 100 * iou[c], "image": image, "label": label, "pred": pred,
                       "maps": (a.cpu().numpy(), na, b.cpu().numpy(), nb), "id": dataset.ids[img]})
     return plots.failure_figure(cases, dataset.meta.classes) if cases else plots.message_figure("No class with pixels.")
-
-
-def main(argv=None) -> int:
-    """`python -m scaleprotoseg.explain --checkpoint <model.pt> --image <file> --out <dir>` (see explain_cli)."""
-    from .explain_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

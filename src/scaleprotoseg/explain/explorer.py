@@ -4,7 +4,7 @@
 shows its predicted class, the decision behind it and the prototypes that made it:
 
 - **grouped model** (ScaleProtoSeg stage 2): the winning group of the predicted class c, i.e. the arg-max
-  over c's groups of group activation × own-class head weight (`explain.class_maps`), its prototypes with
+  over c's groups of group activation × own-class head weight (`maps.class_maps`), its prototypes with
   their group weights, source patches and activation maps, and every group's map;
 - **prototype model** (ProtoSeg, ScaleProtoSeg stage 1): the winning prototype (the arg-max over c's
   prototypes of log-similarity × own-class last-layer weight, its contribution to the class logit) and all
@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.transforms import eval_transform
-from .errors import ArtifactError
-from .explain import class_maps, class_members, class_weights, predict_from_sim, winner_map
-from .explorer_page import PAGE
-from .interpretability import similarity_maps
-from .io import atomic_path
-from .plots import class_palette
+from ..data.transforms import eval_transform
+from ..errors import ArtifactError
+from .maps import class_maps, class_members, class_weights, predict_from_sim, winner_map
+from .page import PAGE
+from ..interpretability import similarity_maps
+from ..atomic import atomic_path
+from ..plots import class_palette
 
 SALIENCY_SIDE = 64  # saliency maps are smooth: stored at most this many pixels a side
 

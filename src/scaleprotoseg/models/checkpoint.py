@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ArtifactError, DivergenceError
-from ..io import atomic_path
+from ..atomic import atomic_path
 
 FORMAT = "scaleprotoseg-checkpoint-v1"
 

@@ -7,23 +7,25 @@ the first machine prints the command to start on each of the others (same reposi
 shared file system for the outputs), and all meet at `experiment.rdzv_endpoint`.
 
 The child processes read the resolved configuration from a JSON file written next to the outputs (so smoke
-runs and overrides reach them unchanged) and run `python -m scaleprotoseg.launch <stage> ...`.
+runs and overrides reach them unchanged) and run the stage's own module, `python -m
+scaleprotoseg.stages.<stage> ...`, whose `__main__` block hands its stage function to `child`. So the stages
+import this module and this module imports no stage.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
-from .config import RunConfig
-from .errors import StageError
-from .training import distributed
+from ..config import RunConfig
+from ..errors import StageError
+from ..training import distributed
 
 
 def processes(cfg: RunConfig) -> int:
@@ -43,7 +45,7 @@ def torchrun_command(cfg: RunConfig, stage: str, config_file: Path, paths: dict[
     else:
         cmd += [f"--nnodes={cfg.nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={cfg.rdzv_endpoint}",
                 f"--rdzv_id=scaleprotoseg-{stage}-{cfg.method}"]
-    cmd += ["-m", "scaleprotoseg.launch", stage, "--config", str(config_file)]
+    cmd += ["-m", f"scaleprotoseg.stages.{stage}", "--config", str(config_file)]
     for key, value in paths.items():
         if value is not None:
             cmd += [f"--{key}", str(value)]
@@ -65,7 +67,7 @@ def run(stage: str, cfg: RunConfig, paths: dict[str, str | Path | None], progres
         if cfg.nodes > 1:
             print(f"[{stage}] start the same command on each of the other {cfg.nodes - 1} machines now.")
         env = dict(os.environ)
-        src = str(Path(__file__).resolve().parents[1])
+        src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail: list[str] = []
@@ -82,9 +84,10 @@ def run(stage: str, cfg: RunConfig, paths: dict[str, str | Path | None], progres
         work.rmdir()
 
 
-def main(argv=None) -> None:
+def child(stage_fn: Callable[[RunConfig, argparse.Namespace], None], argv=None) -> None:
+    """One process of a training stage under torchrun: `stage_fn(cfg, args)` with the configuration `run`
+    wrote and the stage's paths (`args.data`, `.out`, `.report`, `.train`, `.start_from`, `.no_progress`)."""
     ap = argparse.ArgumentParser(description="One process of a training stage under torchrun (started by the stage).")
-    ap.add_argument("stage", choices=["train", "project"])
     ap.add_argument("--config", required=True)
     for key in ("data", "out", "report", "train", "start-from"):  # no prefix of a torchrun option (argparse abbreviates)
         ap.add_argument(f"--{key}")
@@ -92,17 +95,6 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     cfg = RunConfig.from_dict(json.loads(Path(a.config).read_text()))
     try:
-        if a.stage == "train":
-            mod = importlib.import_module("scaleprotoseg.stages.train")
-            mod.train(cfg, Path(a.data), Path(a.out), Path(a.report), progress=not a.no_progress,
-                      start_checkpoint=None if a.start_from is None else Path(a.start_from))
-        else:
-            mod = importlib.import_module("scaleprotoseg.stages.project")
-            mod.project(cfg, Path(a.data), Path(a.train), Path(a.out), progress=not a.no_progress,
-                        report_dir=None if a.report is None else Path(a.report))
+        stage_fn(cfg, a)
     finally:
         distributed.close()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Benchmark: cost of the prototype methods relative to DeepLab, measured side by side in one run.
 
-`python -m scaleprotoseg.bench` (or `make bench`) prints lines
+`python -m scaleprotoseg.tools.bench` (or `make bench`) prints lines
 
     step_time_ratio <method>/deeplab = <x>    [<head>, <precision>]
     step_time_ratio scaleprotoseg_groups/deeplab_frozen_trunk = <x>    [<head>, <precision>]
@@ -36,12 +36,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .config import GroupTrainConfig, ModelConfig, ProjectConfig, PrototypeTrainConfig
-from .evaluation import evaluate
-from .losses import present_classes
-from .models.build import build_model
-from .training.loop import autocast, make_optimizer
-from .training.phases import deeplab_loss, group_loss, phase_spec, stage1_loss
+from ..config import GroupTrainConfig, ModelConfig, ProjectConfig, PrototypeTrainConfig
+from ..evaluation import evaluate
+from ..losses import present_classes
+from ..models.build import build_model
+from ..device import autocast
+from ..training.loop import make_optimizer
+from ..training.phases import deeplab_loss, group_loss, phase_spec, stage1_loss
 
 PROTO = dict(features=64, batch_size=2, accumulation=1, warmup_steps=1, joint_steps=1,
              lr_warmup_aspp=1e-4, lr_warmup_prototypes=1e-4, lr_joint_trunk=1e-5, lr_joint_aspp=1e-4,
@@ -193,7 +194,7 @@ class _Loader(list):
 
 def time_projection(models, images, labels, device, repeats: int) -> dict[str, float]:
     """One projection pass divided by one evaluation pass over the same images (median of repeats)."""
-    from .projection import find_nearest
+    from ..projection import find_nearest
 
     loader = _Loader([(images[i : i + 1], labels[i : i + 1], torch.tensor([i])) for i in range(len(images))])
     out = {}
@@ -276,10 +277,10 @@ def interpret_memory(height: int = 1024, width: int = 2048, classes: int = 19, d
     trunk's, is what is measured; ResNet-101's activations would add their own)."""
     import resource
 
-    from .config import DataConfig
-    from .data.prepared import DatasetMeta
-    from .interpretability import evaluate_interpretability
-    from .models.prototypes import prototype_names
+    from ..config import DataConfig
+    from ..data.prepared import DatasetMeta
+    from ..interpretability import evaluate_interpretability
+    from ..models.prototypes import prototype_names
 
     mc = model_config("small", 16)
     torch.manual_seed(0)

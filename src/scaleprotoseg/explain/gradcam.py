@@ -7,13 +7,25 @@ segmenter is the sum of the class's logits (upsampled to the input size) over th
 that class, or over the whole image when it predicts none. The map is normalised to [0, 1] and upsampled
 bilinearly to the input size. The computation is captum's `LayerGradCam`; Grad-CAM runs on the full-scale
 input only (multi-scale inference, when configured, is not part of the explained score).
+
+`load_gradcam_model` reads the DeepLab baseline from its checkpoint (and `read_checkpoint` any model
+checkpoint of this project, with one clear error naming the file).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ArtifactError
+from ..models.build import load_model
+from ..models.checkpoint import load_checkpoint
+
+WHERE_MODELS = ("a prototype model is the model.pt the project stage writes (artifacts/project/<method>/seed-<n>/), "
+                "a DeepLab model the one the train stage writes (artifacts/train/deeplab/seed-<n>/)")
 
 
 def head_logits(model: nn.Module, feats: torch.Tensor, size) -> torch.Tensor:
@@ -63,3 +75,31 @@ def gradcam_maps(model: nn.Module, x: torch.Tensor, classes) -> torch.Tensor:
         return torch.stack(out) if out else x.new_zeros((0, *size))
     finally:
         model.train(was_training)
+
+
+def read_checkpoint(path: str | Path, option: str) -> dict:
+    """The payload of a checkpoint of this project, or one clear error naming the file and what to give."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{option} {path}: no such checkpoint. Run the pipeline (`dvc repro`) first; {WHERE_MODELS}.")
+    try:
+        payload = load_checkpoint(path)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{option} {path} is not a model checkpoint of this project "
+                            f"({'unreadable as a PyTorch file' if exc.__cause__ else 'another format'}); "
+                            f"{WHERE_MODELS}.") from exc
+    return payload
+
+
+def load_gradcam_model(path: str | Path, device, classes, option: str = "--gradcam"):
+    """The DeepLab for Grad-CAM (`option` names where its path came from, for the messages), which must
+    predict the same classes as the prototype model."""
+    method = (read_checkpoint(path, option).get("config") or {}).get("method")
+    if method != "deeplab":
+        raise ArtifactError(f"{option} {path} is a {method} checkpoint; {option} takes a DeepLab one "
+                            "(artifacts/train/deeplab/seed-<n>/model.pt).")
+    model, _, payload = load_model(path, device, "the train stage")
+    if list(payload["classes"]) != list(classes):
+        raise ArtifactError(f"{option} {path} predicts {len(payload['classes'])} classes {list(payload['classes'])[:4]}…, "
+                            f"the prototype model {len(classes)} {list(classes)[:4]}…; give the DeepLab of the same dataset.")
+    return model

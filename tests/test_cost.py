@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scaleprotoseg import schedule
+from scaleprotoseg.tools import cost
 from scaleprotoseg.config import load_config, set_key
 
 from .layouts import tiny_overrides
@@ -42,18 +42,18 @@ def _naive_forward_flop(model, size) -> float:
 
 def test_counted_forward_flop_of_deeplab_matches_a_per_layer_count(params):
     cfg = _cfg(params, "deeplab")
-    counted = schedule.count_tflop(schedule._model(cfg, 21), cfg, None, 1, (48, 64), train=False)
-    naive = _naive_forward_flop(schedule._model(cfg, 21), (48, 64))
+    counted = cost.count_tflop(cost._model(cfg, 21), cfg, None, 1, (48, 64), train=False)
+    naive = _naive_forward_flop(cost._model(cfg, 21), (48, 64))
     assert counted > 0 and abs(counted - naive) / naive < 0.02
 
 
 def test_phases_cost_what_they_train(params):
     cfg = _cfg(params, "scaleprotoseg")
-    m = lambda: schedule._model(cfg, 21)  # noqa: E731
-    fwd = schedule.count_tflop(m(), cfg, None, 2, (32, 32), train=False)
-    warm = schedule.count_tflop(m(), cfg, "warmup", 2, (32, 32))
-    joint = schedule.count_tflop(m(), cfg, "joint", 2, (32, 32))
-    fine = schedule.count_tflop(m(), cfg, "finetune", 2, (32, 32))
+    m = lambda: cost._model(cfg, 21)  # noqa: E731
+    fwd = cost.count_tflop(m(), cfg, None, 2, (32, 32), train=False)
+    warm = cost.count_tflop(m(), cfg, "warmup", 2, (32, 32))
+    joint = cost.count_tflop(m(), cfg, "joint", 2, (32, 32))
+    fine = cost.count_tflop(m(), cfg, "finetune", 2, (32, 32))
     # joint back-propagates through the trunk (about 3 forward passes); warm-up only through the head;
     # fine-tuning only into the last layer
     assert 2.5 * fwd < joint < 3.5 * fwd
@@ -63,17 +63,17 @@ def test_phases_cost_what_they_train(params):
 def test_estimate_table_and_measured_mode(params):
     for m in ("scaleprotoseg",):
         _cfg(params, m)
-    rows, passes = schedule.estimate(params, datasets=("pascal",), methods=("scaleprotoseg",), measure=1)
+    rows, passes = cost.estimate(params, datasets=("pascal",), methods=("scaleprotoseg",), measure=1)
     assert [r.phase for r in rows] == ["warmup", "joint", "finetune"]
     assert all(r.seconds_per_micro_batch > 0 for r in rows)
-    text = schedule.report(rows, passes, tflops=25.0)
+    text = cost.report(rows, passes, tflops=25.0)
     assert "| pascal | scaleprotoseg | 4 |" in text  # 1 + 2 + 1 micro-batches of the tiny schedule
 
 
 def test_validations_follow_run_phase():
     # every val_every mini-batches while below the phase's steps, and once at the end
-    assert schedule.validations(10, 5) == 2 and schedule.validations(11, 5) == 3 and schedule.validations(4, 5) == 1
-    assert schedule.validations(10, 0) == 1 and schedule.validations(0, 5) == 0
+    assert cost.validations(10, 5) == 2 and cost.validations(11, 5) == 3 and cost.validations(4, 5) == 1
+    assert cost.validations(10, 0) == 1 and cost.validations(0, 5) == 0
 
 
 def test_validation_passes_of_the_pascal_preset(params):
@@ -82,6 +82,6 @@ def test_validation_passes_of_the_pascal_preset(params):
     assert (t.warmup_steps, t.joint_steps, rt.val_every, rt.val_images) == (15000, 150000, 5000, 300)
     # warm-up: at 5k and 10k plus the end = 3; joint: at 5k, ..., 145k plus the end = 30; fine-tuning
     # (project stage) never validates; 300 of Pascal's 1,449 val images each time
-    assert schedule.validation_passes(cfg, "pascal") == (33, 300)
+    assert cost.validation_passes(cfg, "pascal") == (33, 300)
     cfg0 = load_config(params, dataset="pascal", method="deeplab", overrides={"presets.pascal.runtime.val_images": 0})
-    assert schedule.validation_passes(cfg0, "pascal") == (20, 1449)  # 0: the whole split
+    assert cost.validation_passes(cfg0, "pascal") == (20, 1449)  # 0: the whole split

@@ -21,7 +21,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.patches import Patch, Rectangle
 
-from .plots import VOID_COLOUR, class_palette, colourise
+from ..plots import VOID_COLOUR, class_palette, colourise
 
 PANEL = 1.65  # inches per image panel
 NCOL = 7  # image columns of the explanation figure
