@@ -96,7 +96,7 @@ class RunConfig:
 
     def fingerprint(self, sections: tuple[str, ...], code: str) -> str:
         """A short hash of the named sections and of `code` (the version of the code that computes them,
-        `deps.code_version`): whether a resume state or a finished phase belongs to this run."""
+        `closure.code_version`): whether a resume state or a finished phase belongs to this run."""
         d = self.to_dict()
         d = {k: d[k] for k in sections}
         if d.get("start"):  # the start model's own run-time knobs are not part of what it computed either
