@@ -22,7 +22,7 @@ from ..training import distributed
 from ..training.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
 from ..training.loop import resolve_device
-from .context import seed_everything
+from .seeding import seed_everything
 
 
 def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True,
