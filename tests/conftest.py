@@ -8,6 +8,7 @@ import pytest
 from scaleprotoseg.config import load_config, read_params
 from scaleprotoseg.data.prepared import DatasetMeta, write_prepared
 from scaleprotoseg.paths import repo_root
+from scaleprotoseg.stages.smoke import TINY
 
 CLASSES = ("background", "square", "stripe")
 
@@ -43,17 +44,7 @@ def tiny_dataset(tmp_path):
     return root
 
 
-TINY_OVERRIDES = {
-    "presets.embedded.data.crop": 32,
-    "presets.embedded.model.width": 8,
-    "presets.embedded.deeplab.steps": 6,
-    "presets.embedded.deeplab.batch_size": 2,
-    "presets.embedded.runtime.log_every": 1,
-    "presets.embedded.runtime.checkpoint_every": 2,
-    "presets.embedded.runtime.val_every": 0,
-    "presets.embedded.eval.n_examples": 1,
-    "experiment.device": "cpu",
-}
+TINY_OVERRIDES = TINY  # the tiny run configuration lives with the smoke settings (stages/smoke.py)
 
 
 @pytest.fixture()

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scaleprotoseg.stages.smoke import shrink
+
 # Pascal-Panoptic-Parts' spec, shortened: VOC's 20 classes in VOC order, a few with parts, one context class.
 PPP_SPEC = """\
 version: 2.0
@@ -145,23 +147,4 @@ WRITERS = {"pascal": write_pascal, "cityscapes": write_cityscapes, "ade20k": wri
            "coco_stuff": write_coco_stuff, "em": write_em, "folder": write_folder}
 
 
-def tiny_overrides(dataset: str, methods=("scaleprotoseg",)) -> dict:
-    """A paper preset shrunk to seconds on a CPU: tiny trunk, 32-px crops, a few steps per phase."""
-    p = f"presets.{dataset}"
-    out = {f"{p}.data.crop": 32, f"{p}.data.eval_size": None, f"{p}.data.eval_short_side": None,
-           f"{p}.runtime.num_workers": 0, f"{p}.model.width": 4, f"{p}.model.pretrained": False,
-           f"{p}.model.msc_scales": [], f"{p}.model.aspp_rates": [1, 2, 3, 4], f"{p}.eval.n_examples": 1,
-           "experiment.device": "cpu"}
-    if dataset != "em":  # EM keeps its U-Net
-        out[f"{p}.model.backbone"] = "small"
-    out.update({f"{p}.runtime.{k}": v for k, v in {"log_every": 1, "checkpoint_every": 1, "val_every": 0,
-                                                    "val_images": 2}.items()})
-    for m in methods:
-        steps = ({"steps": 2} if m == "deeplab" else
-                 {"warmup_steps": 1, "joint_steps": 2} if m == "scaleprotoseg_groups" else
-                 {"features": 4, "warmup_steps": 1, "joint_steps": 2})
-        for k, v in {**steps, "batch_size": 2, "accumulation": 1}.items():
-            out[f"{p}.{m}.{k}"] = v
-        if m in ("protoseg", "scaleprotoseg"):
-            out[f"{p}.project_{m}.finetune_steps"] = 1
-    return out
+tiny_overrides = shrink  # a paper preset shrunk to seconds on a CPU (stages/smoke.py)

@@ -15,6 +15,9 @@ import pytest
 import yaml
 
 from scaleprotoseg.closure import module_closure
+from scaleprotoseg.stages.layout import LAYOUT
+from scaleprotoseg.stages.table import STAGES
+from scaleprotoseg.tools.dvc_deps import notebook_imports, regenerate
 
 from .repo_copy import copy_repository
 
@@ -53,19 +56,6 @@ def test_dvc_graph_has_every_stage_per_seed_and_the_groups_start_from_scaleproto
 # code dependencies
 
 
-def notebook_imports(path: Path) -> set[str]:
-    """The scaleprotoseg modules a notebook imports (read from its code cells)."""
-    nb = json.loads(path.read_text())
-    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    mods = set()
-    for node in ast.walk(ast.parse(code)):
-        if isinstance(node, ast.Import):
-            mods |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            mods |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-    return {m for m in mods if m.split(".")[0] == "scaleprotoseg"}
-
-
 def stage_definitions():
     """(stage name, notebook, code deps under src/) for every stage of dvc.yaml (foreach bodies once)."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -76,22 +66,57 @@ def stage_definitions():
         yield name, ROOT / nb, code
 
 
-def covered(file: Path, deps: list[str]) -> bool:
-    rel = file.relative_to(ROOT).as_posix()
-    return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
+def test_code_deps_of_dvc_yaml_are_current():
+    """dvc.yaml's src/ deps are generated (`python -m scaleprotoseg.tools.dvc_deps --write`): each stage
+    depends on exactly the import closure of its notebook, so none is forgotten and editing unrelated code
+    re-runs nothing."""
+    text = (ROOT / "dvc.yaml").read_text()
+    assert regenerate(text, ROOT) == text, "dvc.yaml is stale: run `python -m scaleprotoseg.tools.dvc_deps --write`"
 
 
 @pytest.mark.parametrize("name,notebook,code", list(stage_definitions()), ids=lambda v: v if isinstance(v, str) else "")
-def test_each_stage_depends_on_exactly_the_code_it_runs(name, notebook, code):
-    """Every file the stage's notebook can run is a dependency (none can be forgotten), and every code
-    dependency is run by it (so editing unrelated code re-runs nothing)."""
+def test_no_stage_depends_on_code_it_cannot_run(name, notebook, code):
+    """An independent check of the generated deps: every listed file is one the notebook's imports reach,
+    and every file they reach is listed."""
     closure = {f for m in notebook_imports(notebook) for f in module_closure(m)}
     assert closure, f"{notebook.name} imports nothing from scaleprotoseg"
-    missing = sorted(f.relative_to(ROOT).as_posix() for f in closure if not covered(f, code))
-    assert not missing, f"{name}: add to its deps in dvc.yaml: {missing}"
     listed = {f for d in code for f in ((ROOT / d).rglob("*.py") if (ROOT / d).is_dir() else [ROOT / d])}
-    extra = sorted(f.relative_to(ROOT).as_posix() for f in listed - closure)
-    assert not extra, f"{name}: dvc.yaml lists code the stage never runs: {extra}"
+    assert listed == closure, sorted(f.relative_to(ROOT).as_posix() for f in listed ^ closure)
+
+
+def _notebook_path_params(notebook: Path, name: str) -> dict[str, str]:
+    """{path key: notebook parameter} of the notebook's `context.stage(name, paths={...})` call."""
+    code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+    call = next(n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "stage"
+                and n.args and getattr(n.args[0], "value", None) == name)
+    paths = next(k.value for k in call.keywords if k.arg == "paths")
+    return {k.value: v.id for k, v in zip(paths.keys, paths.values)}
+
+
+DVC_VARS = {"dataset": "${experiment.dataset}", "method": "${item.method}", "seed": "${item.seed}", "start": "scaleprotoseg"}
+
+
+@pytest.mark.parametrize("name", [n for n, s in STAGES.items() if s.dvc], ids=str)
+def test_dvc_yaml_runs_each_stage_of_the_table_with_its_folders(name):
+    """Every stage of the stage table is in dvc.yaml under the names it lists, running its notebook with each
+    path parameter set to the table's layout folder, inputs as deps and outputs as outs (or holding them)."""
+    spec = STAGES[name]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = _notebook_path_params(ROOT / "notebooks" / spec.notebook, name)
+    for dvc_name in spec.dvc:
+        body = stages[dvc_name]
+        words = body["cmd"].split()
+        assert f"notebooks/{spec.notebook}" in words
+        given = {words[i + 1]: words[i + 2] for i, w in enumerate(words[:-2]) if w == "-p"}
+        deps = [d for d in body["deps"] if isinstance(d, str)]
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in body["outs"] + body.get("metrics", []) + body.get("plots", [])]
+        for key, lkey in spec.paths.items():
+            folder = LAYOUT[lkey].format(**DVC_VARS)
+            assert given.get(params[key]) == folder, f"{dvc_name}: -p {params[key]} should be {folder}"
+            if key in spec.inputs:
+                assert folder in deps, f"{dvc_name}: {folder} is an input but not a dependency"
+            else:
+                assert any(o == folder or o.startswith(folder + "/") for o in outs), f"{dvc_name}: nothing of {folder} is an output"
 
 
 @pytest.mark.parametrize("name,notebook,code", [s for s in stage_definitions() if s[0] in ("train", "groups", "project")],
@@ -197,7 +222,7 @@ def test_no_source_file_over_400_lines_and_no_import_cycle():
     long = {p.relative_to(PKG).as_posix(): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
     graph = import_graph()
-    assert graph["scaleprotoseg.stages.context"] >= {"scaleprotoseg.stages.train", "scaleprotoseg.stages.project"}  # importlib seen
+    assert graph["scaleprotoseg.stages.context"] >= {"scaleprotoseg.stages.smoke", "scaleprotoseg.stages.table"}  # importlib seen
     assert "scaleprotoseg.models.prototypes" in graph["scaleprotoseg.explain.maps"]  # imported inside a function
     cycles = import_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)

@@ -8,14 +8,33 @@ from pathlib import Path
 import pytest
 
 from scaleprotoseg.paths import repo_root
+from scaleprotoseg.stages.table import STAGES
 
 NOTEBOOKS = sorted((repo_root() / "notebooks").glob("*.ipynb"))
 
 
-def test_one_notebook_per_stage():
-    names = [p.stem for p in NOTEBOOKS]
-    assert names == sorted(names) and len(names) == 9
-    assert [n[:2] for n in names] == ["10", "20", "30", "35", "40", "50", "60", "70", "80"]  # 80: explain any image
+def test_one_notebook_per_stage_of_the_stage_table():
+    """notebooks/ holds exactly the stage table's notebooks, each named NN_verb_object in run order."""
+    names = [p.name for p in NOTEBOOKS]
+    assert sorted(s.notebook for s in STAGES.values()) == names
+    assert len(set(names)) == len(STAGES)
+    assert all(n[:2].isdigit() and n[2] == "_" for n in names)
+
+
+@pytest.mark.parametrize("name", [n for n, s in STAGES.items() if s.module], ids=str)
+def test_each_stage_notebook_calls_its_stage_with_the_tables_paths(name):
+    """The notebook resolves its folders through `context.stage(<name>, ...)` with the table's path keys as
+    parameters, and its function exists where the table says."""
+    import importlib
+
+    s = STAGES[name]
+    assert callable(getattr(importlib.import_module(f"scaleprotoseg.stages.{s.module}"), s.function))
+    code = "\n".join("".join(c["source"]) for c in json.loads((repo_root() / "notebooks" / s.notebook).read_text())["cells"]
+                   if c["cell_type"] == "code")
+    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "stage"]
+    assert calls and isinstance(calls[0].args[0], ast.Constant) and calls[0].args[0].value == name
+    paths = next(k.value for k in calls[0].keywords if k.arg == "paths")
+    assert {k.value for k in paths.keys} == set(s.paths), f"{s.notebook}: pass every path of the table, and only those"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from scaleprotoseg.atomic import write_json
-from scaleprotoseg.stages.context import layout
+from scaleprotoseg.stages.layout import layout
 from scaleprotoseg.stages.report import collect_results, display_table, write_report
 
 SEEDS = [5, 3, 11]

@@ -627,7 +627,7 @@ def test_folder_parts_that_do_not_fit_the_classes_file_are_refused(tmp_path):
 
 def test_report_says_why_consistency_and_stability_are_empty(tmp_path):
     from scaleprotoseg.atomic import write_json
-    from scaleprotoseg.stages.context import layout
+    from scaleprotoseg.stages.layout import layout
     from scaleprotoseg.stages.report import collect_results, write_report
 
     note = src.no_parts_note("folder")

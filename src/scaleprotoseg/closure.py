@@ -6,8 +6,8 @@ also holds for imports that only run in some branches. Package `__init__.py` fil
 the code that computed it (`code_version`), and a test checks that dvc.yaml lists these files as each
 stage's dependencies.
 
-Smoke mode (`stages/context.py`) loads the stages it chains with `importlib` on purpose: dvc.yaml never runs
-smoke mode, so its code is no dependency of any stage's outputs.
+Smoke mode is reached from `stages/context.py` only through `importlib` on purpose (`stages/smoke.py` and the
+stage table): dvc.yaml never runs smoke mode, so its code is no dependency of any stage's outputs.
 """
 
 from __future__ import annotations

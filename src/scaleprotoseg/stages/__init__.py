@@ -1,4 +1,5 @@
-"""The pipeline's stages, one module per stage notebook (dvc.yaml runs the notebooks):
+"""The pipeline's stages, one module per stage notebook (dvc.yaml runs the notebooks). `table.STAGES` is the
+one list of them: per stage, its notebook, the function it runs and the folders it reads and writes.
 
 | module | notebook | does |
 |---|---|---|
@@ -10,9 +11,9 @@
 | `report` | 60_report | the results table and figures |
 | `export` | 70_export | test-set predictions for the servers |
 
-`context` holds what a stage notebook uses (configuration and folders of a stage, smoke mode, display
-helpers), `common` what the stage modules share with it (layout, seeding);
-`launch` starts the train and project stages again under `torchrun` when several processes are asked for.
-Each stage module imports only what its stage runs, so dvc.yaml can list exactly those files as the
-stage's code dependencies.
+What they share, one job a module: `table` (the stage table), `layout` (where each artifact lives),
+`context` (a notebook's resolved configuration and folders), `smoke` (smoke mode and the tiny settings of the
+tests), `views` (showing saved figures and tables), `seeding` (a stage's random state),
+`launch` (the train and project stages again under `torchrun` when several processes are asked for). Each stage module
+imports only what its stage runs, so dvc.yaml lists exactly those files as the stage's code dependencies.
 """

@@ -15,7 +15,7 @@ from ..data.prepared import VOID, PreparedDataset, read_meta
 from ..data.synthetic import generate
 from ..errors import ConfigError
 from ..atomic import atomic_path
-from .common import resolve
+from .layout import resolve
 
 
 def synthetic_spec(params: dict):

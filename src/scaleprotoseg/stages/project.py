@@ -22,7 +22,7 @@ from ..models.checkpoint import save_checkpoint
 from ..training.live import LiveLogger
 from ..device import resolve_device
 from . import launch
-from .common import seed_everything
+from .seeding import seed_everything
 
 
 def project(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir: Path, progress: bool = True,

@@ -14,7 +14,7 @@ from .. import plots
 from ..artifacts import read_curves, read_patches
 from ..errors import ArtifactError
 from ..atomic import atomic_path, read_json, write_csv
-from .common import layout
+from .layout import layout
 
 # The paper's validation mIoU: mean ± std over 3 runs (DeepLab-v2: the published single figure).
 PUBLISHED_MIOU = {

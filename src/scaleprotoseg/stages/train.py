@@ -24,7 +24,7 @@ from ..device import resolve_device, resolve_precision
 from ..training.phases import METHOD_PHASES, phase_steps
 from ..training.runner import run_phases
 from . import launch
-from .common import seed_everything
+from .seeding import seed_everything
 
 
 def train(cfg: RunConfig, data_root: Path, out_dir: Path, report_dir: Path, progress: bool = True,

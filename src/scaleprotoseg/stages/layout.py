@@ -1,21 +1,18 @@
-"""What the stage modules share with `context` (which imports them, in smoke mode): the pipeline's folder
-layout, paths relative to the repository, and seeding."""
+"""Where the pipeline keeps each artifact: one folder per dataset, method and seed, relative to the repository
+root. `dvc.yaml` writes the same paths (a test checks every stage against `table.STAGES`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..paths import repo_root
-
 
 LAYOUT = {
     "prepared": "artifacts/prepared/{dataset}",
     "prepare_reports": "reports/prepare",
     "report": "reports/report",
     "train": "artifacts/train/{method}/seed-{seed}",
+    "start_project": "artifacts/project/{start}/seed-{seed}",  # the projected model a method starts from
     "deeplab_train": "artifacts/train/deeplab/seed-{seed}",
     "project": "artifacts/project/{method}/seed-{seed}",
     "export": "artifacts/export/{method}/seed-{seed}",
@@ -26,17 +23,13 @@ LAYOUT = {
 }
 
 
-def layout(key: str, dataset: str = "embedded", method: str = "deeplab", seed: int = 0) -> str:
-    """Where the pipeline keeps `key` for one dataset, method and seed (relative to the repository)."""
-    return LAYOUT[key].format(dataset=dataset, method=method, seed=seed)
+def layout(key: str, dataset: str = "embedded", method: str = "deeplab", seed: int = 0, start: str | None = None) -> str:
+    """Where the pipeline keeps `key` for one dataset, method and seed (relative to the repository); `start`
+    is the method that `method` starts from (scaleprotoseg_groups: scaleprotoseg)."""
+    return LAYOUT[key].format(dataset=dataset, method=method, seed=seed, start=start)
 
 
 def resolve(path: str | Path) -> Path:
     """Paths in params.yaml and dvc.yaml are relative to the repository root."""
     path = Path(path)
     return path if path.is_absolute() else repo_root() / path
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)

@@ -1,0 +1,134 @@
+"""Smoke mode and the tiny settings: the one place where sizes other than params.yaml's are written.
+
+- `SMOKE`: what a stage notebook runs with under `smoke=True` (what the tests set through
+  `SCALEPROTOSEG_SMOKE=1`): the embedded dataset shrunk to seconds.
+- `TINY`: the unit tests' run configuration (`tests/conftest.py::tiny_cfg`).
+- `shrink(dataset, methods)`: any preset, paper presets included, shrunk to seconds on a CPU (tiny trunk,
+  32-px crops, a few steps per phase), for the tests that run a real dataset layout through the stages.
+
+`build_inputs` builds, under a temporary root and with the pipeline's layout, the artifacts a stage reads, by
+running the upstream stages' own functions (`table.STAGES`). `context` imports this module with importlib,
+so that no stage counts smoke mode, its sizes or the other stages as code it depends on (dvc.yaml never runs
+smoke mode; see `closure`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig, load_config, method_names, seed_list
+from . import evaluate, prepare, project, train
+from .layout import LAYOUT, layout
+from .table import CHAIN, STAGES, call_paths
+
+_MODULES = {m.__name__.rpartition(".")[2]: m for m in (prepare, train, project, evaluate)}  # what smoke mode runs
+
+SMOKE = {
+    "experiment.dataset": "embedded",
+    "embedded.image_size": 48,
+    "embedded.n_train": 6,
+    "embedded.n_val": 3,
+    "embedded.max_objects": 2,
+    "presets.embedded.data.crop": 40,
+    "presets.embedded.model.width": 8,
+    "presets.embedded.runtime.log_every": 1,
+    "presets.embedded.runtime.checkpoint_every": 1,
+    "presets.embedded.runtime.val_every": 0,
+    "presets.embedded.runtime.val_images": 2,
+    "presets.embedded.deeplab.steps": 2,
+    "presets.embedded.deeplab.batch_size": 2,
+    "presets.embedded.eval.n_examples": 2,
+    "presets.embedded.eval.explorer_images": 2,
+    "presets.embedded.scaleprotoseg_groups.batch_size": 2,
+    "presets.embedded.scaleprotoseg_groups.warmup_steps": 1,
+    "presets.embedded.scaleprotoseg_groups.joint_steps": 2,
+}
+for _m in ("protoseg", "scaleprotoseg"):
+    SMOKE.update({f"presets.embedded.{_m}.{k}": v for k, v in {
+        "features": 8, "batch_size": 2, "warmup_steps": 1, "joint_steps": 2}.items()})
+    SMOKE[f"presets.embedded.project_{_m}.finetune_steps"] = 1
+
+TINY = {
+    "presets.embedded.data.crop": 32,
+    "presets.embedded.model.width": 8,
+    "presets.embedded.deeplab.steps": 6,
+    "presets.embedded.deeplab.batch_size": 2,
+    "presets.embedded.runtime.log_every": 1,
+    "presets.embedded.runtime.checkpoint_every": 2,
+    "presets.embedded.runtime.val_every": 0,
+    "presets.embedded.eval.n_examples": 1,
+    "experiment.device": "cpu",
+}
+
+
+def shrink(dataset: str, methods=("scaleprotoseg",)) -> dict:
+    """Overrides that shrink preset `dataset` to seconds on a CPU (EM keeps its U-Net, at width 4)."""
+    p = f"presets.{dataset}"
+    out = {f"{p}.data.crop": 32, f"{p}.data.eval_size": None, f"{p}.data.eval_short_side": None,
+           f"{p}.runtime.num_workers": 0, f"{p}.model.width": 4, f"{p}.model.pretrained": False,
+           f"{p}.model.msc_scales": [], f"{p}.model.aspp_rates": [1, 2, 3, 4], f"{p}.eval.n_examples": 1,
+           "experiment.device": "cpu"}
+    if dataset != "em":
+        out[f"{p}.model.backbone"] = "small"
+    out.update({f"{p}.runtime.{k}": v for k, v in {"log_every": 1, "checkpoint_every": 1, "val_every": 0,
+                                                    "val_images": 2}.items()})
+    for m in methods:
+        steps = ({"steps": 2} if m == "deeplab" else
+                 {"warmup_steps": 1, "joint_steps": 2} if m == "scaleprotoseg_groups" else
+                 {"features": 4, "warmup_steps": 1, "joint_steps": 2})
+        for k, v in {**steps, "batch_size": 2, "accumulation": 1}.items():
+            out[f"{p}.{m}.{k}"] = v
+        if m in ("protoseg", "scaleprotoseg"):
+            out[f"{p}.project_{m}.finetune_steps"] = 1
+    return out
+
+
+def _function(name: str):
+    s = STAGES[name]
+    return getattr(_MODULES[s.module], s.function)
+
+
+def _paths(cfg: RunConfig, root: Path) -> dict[str, Path]:
+    start = cfg.start.method if cfg.start is not None else None
+    return {k: root / layout(k, cfg.dataset, cfg.method, cfg.seed, start) for k in LAYOUT}
+
+
+def _run(name: str, cfg: RunConfig, root: Path) -> None:
+    where = _paths(cfg, root)
+    paths = {key: where[lkey] for key, lkey in STAGES[name].paths.items()}
+    _function(name)(cfg, progress=False, **call_paths(name, paths))
+
+
+def build_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
+    """Build, under `root`, what stage `name` reads, with the same layout as the real pipeline."""
+    s = STAGES[name]
+    keys = set(s.inputs.values())
+    if not keys and not s.fan_in:
+        return
+    _function("prepare")(params, cfg.dataset, _paths(cfg, root)["prepared"])
+    if s.fan_in:  # the report works without interpretability metrics (its columns stay empty)
+        for m in method_names(params):
+            for seed in seed_list(params):
+                chain(load_config(params, dataset=cfg.dataset, method=m, seed=seed), root, upto=CHAIN[-1])
+        return
+    if cfg.start is not None:
+        chain(cfg.start, root, upto="project")
+    reached = [CHAIN.index(k) for k in keys if k in CHAIN]
+    if reached:
+        chain(cfg, root, upto=CHAIN[max(reached)])
+    if "deeplab_train" in keys and cfg.method != "deeplab":  # the Grad-CAM baseline of the same seed
+        chain(load_config(params, dataset=cfg.dataset, method="deeplab", seed=cfg.seed), root, upto="train")
+
+
+def chain(cfg: RunConfig, root: Path, upto: str) -> None:
+    """Run train (groups) → project → evaluate for `cfg.method` under `root`, up to and including `upto`."""
+    p = _paths(cfg, root)
+    if (p["evaluate_reports"] / "summary.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
+        return
+    if cfg.start is not None:
+        chain(cfg.start, root, upto="project")
+    _run("groups" if cfg.start is not None else "train", cfg, root)
+    if upto in ("project", "evaluate_reports"):
+        _run("project", cfg, root)
+    if upto == "evaluate_reports":
+        _run("evaluate", cfg, root)
