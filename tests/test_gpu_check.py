@@ -64,6 +64,25 @@ def test_the_pascal_copies_equal_params_yaml():
         assert (tuple(cfg.model.msc_scales), cfg.data.crop) == (head.msc, head.crop), name
 
 
+# The bench's own settings (a step or two, its learning rates, tiny batches) are not the presets'; what it
+# copies of the method — loss weights, weight decay, poly power, groups, projection rule and pruning — is.
+METHOD_KEYS = {"PROTO": ("features", "weight_decay", "poly_power", "loss_ce", "loss_kld", "loss_l1"),
+               "GROUP": ("groups", "poly_power", "loss_ce", "loss_l1", "loss_entropy"),
+               "FINETUNE": ("rule", "prune_k", "prune_threshold")}
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "embedded"])
+def test_the_bench_method_settings_equal_params_yaml(dataset):
+    params = read_params(repo_root() / "params.yaml")
+    proto = load_config(params, dataset=dataset, method="scaleprotoseg")
+    group = load_config(params, dataset=dataset, method="scaleprotoseg_groups").train
+    assert {k: getattr(proto.train, k) for k in METHOD_KEYS["PROTO"]} == {k: bench.PROTO[k] for k in METHOD_KEYS["PROTO"]}
+    assert {k: getattr(group, k) for k in METHOD_KEYS["GROUP"]} == {k: bench.GROUP[k] for k in METHOD_KEYS["GROUP"]}
+    assert {k: getattr(proto.project, k) for k in METHOD_KEYS["FINETUNE"]} == {
+        k: getattr(bench.FINETUNE, k) for k in METHOD_KEYS["FINETUNE"]}
+    assert bench.model_config("resnet101", 64).aspp_rates == tuple(load_config(params, dataset="pascal").model.aspp_rates)
+
+
 @pytest.mark.parametrize("name", sorted(bench.HEADS))
 def test_bench_labels_show_a_realistic_number_of_classes_per_crop(name):
     head = bench.HEADS[name]
