@@ -54,11 +54,7 @@ def load_model(checkpoint: str | Path, device="cpu", stage_hint: str = "the trai
     (model in eval mode on `device`, its RunConfig, the checkpoint payload). With `expect` (and the dataset's
     `classes`), a checkpoint of another method, dataset or class list is refused, naming what differs."""
     payload = load_checkpoint(checkpoint, stage_hint)
-    try:
-        cfg = RunConfig.from_dict(payload["config"])
-    except (KeyError, TypeError, ConfigError) as exc:
-        raise ArtifactError(f"{checkpoint}: its stored configuration does not fit this version of the code (no or wrong "
-                            f"{exc}); it was made by an older version: re-run {stage_hint} to remake it.") from exc
+    cfg = stored_config(payload["config"], checkpoint, stage_hint)
     if expect is not None:
         stored = {"method": cfg.method, "dataset": cfg.dataset}
         wanted = {"method": expect.method, "dataset": expect.dataset}
@@ -70,6 +66,22 @@ def load_model(checkpoint: str | Path, device="cpu", stage_hint: str = "the trai
         if wrong:
             raise ArtifactError(f"{checkpoint} does not belong here: it holds {'; '.join(wrong)}. Re-run {stage_hint} "
                                 "(`dvc repro`) to remake it for this configuration and data.")
-    model = build_for(cfg, len(payload["classes"]), offline=True)
-    model.load_state_dict(payload["state_dict"])
+    model = rebuild(cfg, len(payload["classes"]), payload["state_dict"])
     return model.to(device).eval(), cfg, payload
+
+
+def stored_config(config: dict, source, stage_hint: str) -> RunConfig:
+    """The RunConfig stored with a trained model (a checkpoint's or a model package's), or one clear error
+    naming `source` and the stage that remakes it."""
+    try:
+        return RunConfig.from_dict(config)
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise ArtifactError(f"{source}: its stored configuration does not fit this version of the code (no or wrong "
+                            f"{exc}); it was made by an older version: re-run {stage_hint} to remake it.") from exc
+
+
+def rebuild(cfg: RunConfig, num_classes: int, state_dict: dict) -> nn.Module:
+    """The network of `cfg` with the trained weights `state_dict` (never downloads weights)."""
+    model = build_for(cfg, num_classes, offline=True)
+    model.load_state_dict(state_dict)
+    return model
