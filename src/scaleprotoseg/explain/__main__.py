@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
         "Explain the prediction of a prototype model on any image: the prediction, per predicted class its "
         "groups' / prototypes' activation maps, the winner per predicted pixel and the source patches of the "
         "prototypes that decided it; optionally a DeepLab's Grad-CAM beside them."))
-    ap.add_argument("--checkpoint", required=True, help="a prototype model's model.pt (artifacts/project/<method>/seed-<n>/)")
+    ap.add_argument("--checkpoint", required=True, help="a prototype model's model.pt (artifacts/project/<method>/seed-<n>/) or model package folder (artifacts/package/<method>/seed-<n>/)")
     ap.add_argument("--image", required=True, help="a PNG or JPEG file, any size")
     ap.add_argument("--out", required=True, help="folder for <stem>_explained.png and .json")
     ap.add_argument("--gradcam", default=None, help="a DeepLab model.pt of the same dataset (artifacts/train/deeplab/seed-<n>/)")

@@ -9,7 +9,8 @@ with the checkpoint's own mean and std; the checkpoint carries its configuration
 else is read. Writes `<image stem>_explained.png` (the figure of `figures.explanation_figure`) and
 `<image stem>_explained.json` (what was explained, which groups/prototypes won how many pixels, which
 prototypes decided) into `--out`, atomically. The source patches come from `patches.npz` beside the
-checkpoint (written by the project stage); without it the figure says so.
+checkpoint (written by the project stage) or inside the package; without it the figure says so. `--checkpoint`
+may be a model package folder (`python -m scaleprotoseg.package`), read without unpickling anything.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..data.transforms import normalise
 from ..errors import ArtifactError, ConfigError, DataError
 from ..atomic import write_json
 from ..models.build import load_model
+from ..package import patches_dir
 from ..plots import save_figure
 from ..device import resolve_device
 
@@ -53,8 +55,12 @@ def read_image(path: str | Path, size: int = 512) -> np.ndarray:
 
 
 def load_prototype_model(path: str | Path, device="cpu"):
-    """(model, RunConfig, payload) of a prototype checkpoint; a DeepLab one is refused with the way to use it."""
-    method = (read_checkpoint(path, "--checkpoint").get("config") or {}).get("method")
+    """(model, RunConfig, payload) of a prototype checkpoint or model package folder (payload: at least its
+    `classes`); a DeepLab one is refused with the way to use it."""
+    from ..package import is_package, read_config
+
+    package = is_package(path)
+    method = read_config(path)["method"] if package else (read_checkpoint(path, "--checkpoint").get("config") or {}).get("method")
     if method == "deeplab":
         raise ArtifactError(f"--checkpoint {path} is a DeepLab checkpoint: it has no prototypes to explain with. "
                             "Give --checkpoint a prototype model (protoseg, scaleprotoseg or scaleprotoseg_groups) "
@@ -62,6 +68,10 @@ def load_prototype_model(path: str | Path, device="cpu"):
     if method not in PROTOTYPE_METHODS:
         raise ArtifactError(f"--checkpoint {path} holds method {method!r}, not one of {list(PROTOTYPE_METHODS)}; "
                             f"{WHERE_MODELS}.")
+    if package:
+        from ..package import load_pretrained
+
+        return load_pretrained(path, device)
     return load_model(path, device, "the project stage")
 
 
@@ -88,7 +98,7 @@ def explain_file(image: str | Path, checkpoint: str | Path, out_dir: str | Path,
     rgb = read_image(image, size)
     x = normalise(rgb, cfg.data.mean, cfg.data.std)[None].to(dev)
     expl = maps.explain_input(model, rgb, x, names, max_classes=classes, gradcam_model=cam_model)
-    patches = read_patches(Path(checkpoint).parent)
+    patches = read_patches(patches_dir(checkpoint))
     fig = figures.explanation_figure(expl, patches, title=f"{cfg.method}: why each class is predicted "
                                                                   f"({_short_name(image)})")
     stem = Path(image).stem
