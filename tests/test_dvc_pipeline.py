@@ -146,7 +146,8 @@ PKG = SRC / "scaleprotoseg"
 # A module's floor is that of the first name matching it (a package's name covers its modules).
 FLOORS = (
     ("stages",),  # what the notebooks run
-    ("explain", "tools", "import_official"),  # explanations, the entry points run by hand, the released weights
+    ("explain", "tools", "import_official", "predict", "package", "model_card"),  # explanations, the entry points
+    # run by hand, the released weights, model packages
     ("training", "released", "interpretability", "projection", "export", "plots"),
     ("models", "data", "metrics", "losses", "evaluation"),
     ("config", "schema", "sections", "errors", "paths", "atomic", "progress", "device", "closure", "artifacts",

@@ -16,6 +16,7 @@ LAYOUT = {
     "deeplab_train": "artifacts/train/deeplab/seed-{seed}",
     "project": "artifacts/project/{method}/seed-{seed}",
     "export": "artifacts/export/{method}/seed-{seed}",
+    "package": "artifacts/package/{method}/seed-{seed}",
     "train_reports": "reports/train/{method}/seed-{seed}",
     "project_reports": "reports/project/{method}/seed-{seed}",
     "evaluate_reports": "reports/evaluate/{method}/seed-{seed}",
