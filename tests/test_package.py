@@ -138,3 +138,42 @@ def test_package_cli(models, tmp_path, capsys):
     assert (out / "README.md").read_text().startswith("---\nlicense: cc-by-4.0\n")
     assert main(["--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 1
     assert "missing.pt" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_deeplab_package_round_trips_and_predicts_without_prototype_columns(tmp_path, tiny_dataset, tiny_cfg):
+    import pandas as pd
+    from PIL import Image
+
+    from scaleprotoseg.predict import predict_folder
+    from scaleprotoseg.stages.train import train
+
+    train(tiny_cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
+    write_package(tmp_path / "t" / "model.pt", tmp_path / "pkg")
+    ref, cfg, _ = load_model(tmp_path / "t" / "model.pt")
+    got, _, config = load_pretrained(tmp_path / "pkg")
+    assert config["prototypes"] is None and config["groups"] is None and "gallery.png" not in config
+    val = PreparedDataset(tiny_dataset, "val")
+    with torch.no_grad():
+        for i in range(len(val)):
+            x = eval_transform(val.image(i), cfg.data.eval_size, cfg.data.eval_short_side, cfg.data.mean, cfg.data.std)[None]
+            assert torch.equal(ref.predict_logits(x), got.predict_logits(x))
+    Image.fromarray(val.image(0)).save(tmp_path / "a.png")
+    res = predict_folder(tmp_path / "pkg", [tmp_path / "a.png"], tmp_path / "out", device="cpu", progress=False)
+    table = pd.read_csv(res["csv"], index_col=0)
+    assert res["written"] == 1 and not any(c.startswith("won % ") for c in table.columns)
+    assert list(table.columns[-3:]) == [f"{c} %" for c in config["classes"]]
+
+
+def test_the_card_carries_the_interpret_stages_metrics_and_the_gallery_is_copied(models, tmp_path):
+    from PIL import Image
+
+    interpret = tmp_path / "interpret"
+    (interpret / "details").mkdir(parents=True)
+    (interpret / "summary.json").write_text(json.dumps({"method": "scaleprotoseg_groups", "consistency": 41.25,
+                                                        "stability": 77.5, "seconds": 3.0}))
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(interpret / "details" / "gallery.png")
+    write_package(models["groups_project"] / "model.pt", tmp_path / "pkg", models["groups_evaluate"], interpret)
+    card = (tmp_path / "pkg" / "README.md").read_text()
+    assert "| consistency | 41.25 |" in card and "| stability | 77.50 |" in card and "seconds" not in card
+    assert "![prototype gallery](gallery.png)" in card
+    assert (tmp_path / "pkg" / "gallery.png").read_bytes() == (interpret / "details" / "gallery.png").read_bytes()
