@@ -80,7 +80,7 @@ def test_loading_a_package_never_unpickles(models, tmp_path):
     marker.unlink()
     for name in ("model.pt", "pytorch_model.bin", "extra.pkl", "training_args.bin"):
         _poison(folder / name, marker)
-    model, _, _ = load_pretrained(folder)
+    load_pretrained(folder)
     from scaleprotoseg.explain.image import explain_file, sample_image
     from scaleprotoseg.predict import predict_folder
 

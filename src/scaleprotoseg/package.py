@@ -92,7 +92,9 @@ def package_config(cfg: RunConfig, payload: dict) -> dict:
         "normalisation": {"mean": list(cfg.data.mean), "std": list(cfg.data.std), "eval_size": cfg.data.eval_size,
                           "eval_short_side": cfg.data.eval_short_side},
         "precision": cfg.precision, "prototypes": prototypes, "groups": groups,
-        "source": {"phase": payload.get("phase"), "step": payload.get("step")},
+        "source": json.loads(json.dumps({"phase": payload.get("phase"), "step": payload.get("step"),
+                                         **({"released": payload["released"]} if "released" in payload else {})},
+                                        default=str)),  # an imported checkpoint: what it was read from
         "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
     }
 

@@ -134,7 +134,7 @@ def predict_batch(model, x: torch.Tensor, size, precision: str, winners=None):
 def _won(win: torch.Tensor, pred: torch.Tensor, n: int) -> np.ndarray:
     """% of the image's pixels each map won: the predicted class's winner at the pixel's feature cell
     (nearest: floor(y · h / H))."""
-    K, h, w = win.shape
+    _, h, w = win.shape
     H, W = pred.shape
     iy = torch.arange(H, device=pred.device) * h // H
     ix = torch.arange(W, device=pred.device) * w // W
