@@ -50,6 +50,9 @@ def test_predict_a_folder_writes_masks_overlays_and_the_csv_and_reports_the_corr
     assert list(table.index) == [str(photos / n) for n in ("astronaut.png", "broken.png", "coffee.jpg")]
     assert table.loc[str(photos / "broken.png"), "status"].startswith("skipped: not a readable image")
     ok = table[table.status == "ok"]
+    assert ok.height.tolist() == [512, 400] and ok.width.tolist() == [512, 600]
+    text = (out / "predictions.csv").read_text()
+    assert "astronaut.png,ok,512,512," in text and "broken.png,skipped: not a readable image" in text  # no 512.0
     assert len(ok) == 2
     config = json.loads((models["package"] / "config.json").read_text())
     classes, values = config["classes"], config["label_values"]

@@ -217,6 +217,9 @@ def predict_folder(model_path: str | Path, images, out_dir: str | Path, overlay:
         bar.update(len(ok))
     bar.close()
     table = pd.DataFrame([rows[p] for p in files if p in rows]).set_index("image")
+    for col in ("height", "width"):
+        if col in table:
+            table[col] = table[col].astype("Int64")  # integers, left empty for a skipped file
     csv = write_csv(table, out_dir / "predictions.csv")
     skipped = [(str(p), r["status"]) for p, r in rows.items() if r["status"] != "ok"]
     return {"csv": csv, "written": sum(r["status"] == "ok" for r in rows.values()), "skipped": skipped,
