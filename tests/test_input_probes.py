@@ -60,3 +60,34 @@ def test_a_floating_point_image_names_the_file(tmp_path):
     Image.fromarray(np.ones((4, 4), np.float32)).save(path)
     with pytest.raises(DataError, match=r"f\.tif: a floating-point image"):
         read_image(path)
+
+
+def _module(children=None, tensors=None):
+    from scaleprotoseg.released.unpickle import standin
+
+    cls = standin("torch.nn.modules.container", "Sequential")
+    m = cls()
+    m.__setstate__({"_modules": dict(children or {}), "_parameters": dict(tensors or {}), "_buffers": {}})
+    return m
+
+
+def test_a_released_module_tree_with_a_cycle_or_absurd_depth_is_malformed_not_a_recursion_error():
+    import torch
+
+    from scaleprotoseg.errors import ArtifactError
+    from scaleprotoseg.released.unpickle import modules_of, tensors_of
+
+    leaf = _module(tensors={"weight": torch.zeros(2)})
+    shared = _module({"a": leaf, "b": leaf})  # one module under two names (tied weights) is fine
+    assert set(tensors_of(_module({"x": shared}))) == {"x.a.weight", "x.b.weight"}
+    assert list(modules_of(_module({"x": shared}))) == ["", "x", "x.a", "x.b"]
+
+    cyclic = _module()
+    cyclic.attrs["_modules"]["self"] = _module({"back": cyclic})
+    with pytest.raises(ArtifactError, match="contains itself"):
+        tensors_of(cyclic)
+    deep = leaf
+    for _ in range(100_000):  # the depth a hostile file can reach cheaply
+        deep = _module({"m": deep})
+    with pytest.raises(ArtifactError, match="deeper than"):
+        modules_of(deep)
