@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="prepared data folder for the class names (default: artifacts/prepared/<dataset>)")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key, as `dvc exp run -S` does (repeatable)")
+                        help="set a params.yaml key, added if the preset does not list it (as `dvc exp run -S ++KEY=VALUE` does; repeatable)")
     args = parser.parse_args(argv)
     try:
         import yaml

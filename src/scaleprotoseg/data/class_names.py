@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from ..errors import DataError
+from .readers import read_text
 
 PASCAL_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -51,7 +52,7 @@ def coco_stuff_names(root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     expected = ("expected COCO-Stuff's labels.txt: one '<id>: <name>' line per class, '0: unlabeled' then "
                 "'1: person' … '182: wood' (PNG value v is id v + 1)")
     table: dict[int, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         m = _COCO_LINE.match(line)
@@ -86,7 +87,7 @@ def ade_names(base: Path, root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]
 
 def _read_object_info(path: Path) -> tuple[str, ...]:
     """objectInfo150.txt (whitespace-separated) or .csv (the csv module: quoted names may hold commas)."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     if path.suffix == ".csv":
         rows = [(r[0], ",".join(r[4:])) for r in csv.reader(text.splitlines()) if len(r) >= 5]
     else:
@@ -118,7 +119,7 @@ def folder_classes_file(root: Path) -> tuple[dict, Path]:
     for name in ("classes.json", "classes.yaml", "classes.yml"):
         path = root / name
         if path.is_file():
-            text = path.read_text()
+            text = read_text(path)
             try:
                 if name.endswith(".json"):
                     spec = json.loads(text)

@@ -55,7 +55,7 @@ from .panoptic_parts import (  # noqa: F401 (re-exported)
     read_uids,
 )
 from .prepared import VOID
-from .readers import IMAGE_SUFFIXES, lookup_table, read_image, read_index_png, voc_palette  # noqa: F401 (re-exported)
+from .readers import IMAGE_SUFFIXES, lookup_table, read_image, read_index_png, read_text, voc_palette  # noqa: F401 (re-exported)
 
 CITYSCAPES_TABLE = lookup_table(CITYSCAPES_LABELID_TO_TRAINID)
 CITYSCAPES_TRAINID_TO_LABELID = lookup_table({v: k for k, v in CITYSCAPES_LABELID_TO_TRAINID.items()}, default=0)
@@ -112,7 +112,7 @@ class Source:
 def _read_list(path: Path) -> list[str]:
     """Split list lines → ids: each line may be 'id' or '/JPEGImages/id.jpg /SegmentationClassAug/id.png'."""
     ids = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         line = line.strip()
         if line:
             ids.append(Path(line.split()[0]).stem)

@@ -311,27 +311,42 @@ def read_checkpoint(path: str | Path) -> Loaded:
             "and compare its size and checksum with the release.") from exc
 
 
+MAX_MODULE_DEPTH = 200  # nested sub-modules; the deepest released network (ResNet-101 + heads) has fewer than 10
+
+
+def _walk(module: Inert, prefix: str = ""):
+    """(dotted prefix, module) of a pickled module and its sub-modules, depth first, without recursion: a module
+    that contains itself, or a chain deeper than `MAX_MODULE_DEPTH` (a malformed or hostile file), is refused
+    with an `ArtifactError`, never a RecursionError. A module shared by two parents is visited under both."""
+    stack = [(prefix, module, ())]
+    while stack:
+        where, m, ancestors = stack.pop()
+        if id(m) in ancestors:
+            raise ArtifactError(f"malformed checkpoint: module {where.rstrip('.') or '(root)'} contains itself (a cycle "
+                                "in the module tree); download the file again or ask its authors.")
+        if len(ancestors) > MAX_MODULE_DEPTH:
+            raise ArtifactError(f"malformed checkpoint: the module tree is deeper than {MAX_MODULE_DEPTH} levels "
+                                f"(at {where[:80]}…); no released network is.")
+        yield where, m
+        children = [(f"{where}{n}.", c) for n, c in (m.attrs.get("_modules") or {}).items() if isinstance(c, Inert)]
+        stack.extend((w, c, (*ancestors, id(m))) for w, c in reversed(children))
+
+
 def tensors_of(module: Inert, prefix: str = "") -> dict[str, torch.Tensor]:
     """The state dict of a pickled module (inert stand-in): its parameters and persistent buffers, recursively."""
-    attrs = module.attrs
     out: dict[str, torch.Tensor] = {}
-    skip = attrs.get("_non_persistent_buffers_set") or set()
-    for group in ("_parameters", "_buffers"):
-        for name, value in (attrs.get(group) or {}).items():
-            if value is not None and not (group == "_buffers" and name in skip):
-                if not isinstance(value, torch.Tensor):
-                    raise ArtifactError(f"{prefix}{name} is a {type(value).__name__}, not a tensor")
-                out[prefix + name] = value
-    for name, child in (attrs.get("_modules") or {}).items():
-        if isinstance(child, Inert):
-            out.update(tensors_of(child, f"{prefix}{name}."))
+    for where, m in _walk(module, prefix):
+        attrs = m.attrs
+        skip = attrs.get("_non_persistent_buffers_set") or set()
+        for group in ("_parameters", "_buffers"):
+            for name, value in (attrs.get(group) or {}).items():
+                if value is not None and not (group == "_buffers" and name in skip):
+                    if not isinstance(value, torch.Tensor):
+                        raise ArtifactError(f"{where}{name} is a {type(value).__name__}, not a tensor")
+                    out[where + name] = value
     return out
 
 
 def modules_of(module: Inert, prefix: str = "") -> dict[str, Inert]:
     """Every sub-module of a pickled module by its dotted path ('' is the module itself)."""
-    out = {prefix.rstrip("."): module}
-    for name, child in (module.attrs.get("_modules") or {}).items():
-        if isinstance(child, Inert):
-            out.update(modules_of(child, f"{prefix}{name}."))
-    return out
+    return {where.rstrip("."): m for where, m in _walk(module, prefix)}

@@ -163,19 +163,6 @@ def import_released_model(cfg: RunConfig, meta, out_dir: Path, report_dir: Path,
     return summary
 
 
-def show_curves(report_dir: Path, title: str):
-    """The stage's loss and validation-mIoU curves, one panel per series (pandas), or a note when there are
-    none (an imported released model trains nothing)."""
-    from ..artifacts import curves_table
-
-    curves = curves_table(Path(report_dir) / "dvclive").filter(regex="loss|miou")
-    if curves.empty:
-        from IPython.display import Markdown
-
-        return Markdown("*No training curves: this model was imported, not trained.*")
-    return curves.plot(subplots=True, figsize=(8, 2.2 * curves.shape[1]), marker=".", title=title)
-
-
 def _launched(cfg: RunConfig, a) -> None:
     """One of the processes `launch.run` starts under torchrun."""
     train(cfg, Path(a.data), Path(a.out), Path(a.report), progress=not a.no_progress,

@@ -1,0 +1,93 @@
+"""Inputs that used to give a silently wrong result or a raw traceback: each now gives the right data or one
+clear message naming the file or key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scaleprotoseg.data.class_names import folder_classes_file
+from scaleprotoseg.data.readers import read_image, read_index_png
+from scaleprotoseg.data.sources import _read_list
+from scaleprotoseg.errors import DataError
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    rng = np.random.default_rng(0)
+    src = rng.integers(20000, 46000, (40, 50), dtype=np.uint16)  # mean ≈ 33,000 / 65,535
+    path = tmp_path / "em.png"
+    Image.fromarray(src).save(path)
+    assert Image.open(path).mode.startswith("I")  # stored as 16 bits
+    img = read_image(path)
+    assert img.shape == (40, 50, 3) and img.dtype == np.uint8
+    naive = np.array([[round(int(v) * 255 / 65535) for v in row] for row in src])  # the scaling, pixel by pixel
+    assert np.array_equal(img[..., 0], naive) and np.array_equal(img[..., 2], naive)
+    assert abs(img.mean() - src.mean() * 255 / 65535) < 0.5  # not ~255 (clipped)
+
+
+def test_an_8_bit_image_is_unchanged(tmp_path):
+    src = np.random.default_rng(1).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    Image.fromarray(src).save(tmp_path / "a.png")
+    assert np.array_equal(read_image(tmp_path / "a.png"), src)
+
+
+def test_a_mask_above_the_pixel_limit_is_refused_like_an_image(tmp_path, monkeypatch):
+    path = tmp_path / "mask.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"mask\.png is larger than the decompression limit of 1,000 pixels.*max_image_pixels"):
+        read_index_png(path)
+
+
+def test_a_split_list_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_bytes("img_001\nimg_\xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"train\.txt is not UTF-8 text \(byte 0xe9"):
+        _read_list(path)
+    path.write_bytes("\ufeffimg_001\n".encode("utf-8"))  # a byte-order mark is fine
+    assert _read_list(path) == ["img_001"]
+
+
+def test_a_classes_json_that_is_not_utf8_names_the_file(tmp_path):
+    (tmp_path / "classes.json").write_bytes('{"names": ["fond", "b\xe2timent"]}'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"classes\.json is not UTF-8 text"):
+        folder_classes_file(tmp_path)
+
+
+def test_a_floating_point_image_names_the_file(tmp_path):
+    path = tmp_path / "f.tif"
+    Image.fromarray(np.ones((4, 4), np.float32)).save(path)
+    with pytest.raises(DataError, match=r"f\.tif: a floating-point image"):
+        read_image(path)
+
+
+def _module(children=None, tensors=None):
+    from scaleprotoseg.released.unpickle import standin
+
+    cls = standin("torch.nn.modules.container", "Sequential")
+    m = cls()
+    m.__setstate__({"_modules": dict(children or {}), "_parameters": dict(tensors or {}), "_buffers": {}})
+    return m
+
+
+def test_a_released_module_tree_with_a_cycle_or_absurd_depth_is_malformed_not_a_recursion_error():
+    import torch
+
+    from scaleprotoseg.errors import ArtifactError
+    from scaleprotoseg.released.unpickle import modules_of, tensors_of
+
+    leaf = _module(tensors={"weight": torch.zeros(2)})
+    shared = _module({"a": leaf, "b": leaf})  # one module under two names (tied weights) is fine
+    assert set(tensors_of(_module({"x": shared}))) == {"x.a.weight", "x.b.weight"}
+    assert list(modules_of(_module({"x": shared}))) == ["", "x", "x.a", "x.b"]
+
+    cyclic = _module()
+    cyclic.attrs["_modules"]["self"] = _module({"back": cyclic})
+    with pytest.raises(ArtifactError, match="contains itself"):
+        tensors_of(cyclic)
+    deep = leaf
+    for _ in range(100_000):  # the depth a hostile file can reach cheaply
+        deep = _module({"m": deep})
+    with pytest.raises(ArtifactError, match="deeper than"):
+        modules_of(deep)
