@@ -91,3 +91,47 @@ def test_a_released_module_tree_with_a_cycle_or_absurd_depth_is_malformed_not_a_
         deep = _module({"m": deep})
     with pytest.raises(ArtifactError, match="deeper than"):
         modules_of(deep)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
+    import os
+    import stat
+
+    from scaleprotoseg.atomic import atomic_dir, atomic_path, write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_path(tmp_path / "b.png") as tmp:
+            Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp, format="png")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f.txt").write_text("x")
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.png", "d/f.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_full_disk_is_one_clear_message_naming_the_file_and_the_old_file_stays(tmp_path):
+    import errno
+
+    from scaleprotoseg.atomic import atomic_path, write_json
+    from scaleprotoseg.errors import DiskFullError
+
+    target = tmp_path / "summary.json"
+    write_json(target, {"old": True})
+    with pytest.raises(DiskFullError, match=r"No space left on the device while writing .*summary\.json.*unchanged"):
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(DiskFullError, match=r"samples\.png"):  # Pillow's way: another error while handling ENOSPC
+        with atomic_path(tmp_path / "samples.png"):
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                raise AttributeError("'_idat' object has no attribute 'fileno'")  # noqa: B904
+    assert target.read_text().strip().startswith('{\n  "old": true')
+    with pytest.raises(ValueError, match="other"):  # any other error passes through unchanged
+        with atomic_path(tmp_path / "c.json"):
+            raise ValueError("other")

@@ -1,6 +1,9 @@
 """Atomic file writes: every output is written to a temporary and renamed into place.
 
-A stage interrupted half-way therefore never leaves a truncated checkpoint, JSON or figure behind.
+A stage interrupted half-way therefore never leaves a truncated checkpoint, JSON or figure behind. Files and
+folders get the permissions the user's umask gives (not the 0600 / 0700 of a temporary), and a write that runs
+out of disk space ends with one `DiskFullError` naming the file, whatever library was writing it (Pillow, for
+one, reports a full disk as an unrelated AttributeError first).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import DiskFullError
 from .paths import repo_root
 
 SCRATCH = ".tmp"  # the repository's folder for temporaries (git-ignored; never a DVC output)
@@ -30,6 +34,28 @@ def scratch_dir(path: Path) -> Path:
     folder = root / SCRATCH
     folder.mkdir(exist_ok=True)
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from or while handling, is a full disk or quota."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
+    return DiskFullError(errno.ENOSPC, f"No space left on the device while writing {path}: free some space (or "
+                         f"move the repository) and run the stage again; any previous {path.name} is unchanged.")
 
 
 def _tag(path: Path) -> str:
@@ -59,8 +85,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=scratch)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # a writer that truncates the file in place keeps this mode
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())  # a writer that replaced the file
         try:
             os.replace(tmp_path, path)
         except OSError as exc:  # another file system than the repository's: copy beside the target first
@@ -69,6 +98,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             near = path.with_name(f".{path.name}.{tmp_path.stem}.tmp")
             shutil.copyfile(tmp_path, near)
             os.replace(near, path)
+    except Exception as exc:
+        if _full(exc):
+            raise _disk_full(path, exc) from exc
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -83,6 +116,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if stale.is_dir():
             shutil.rmtree(stale)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
@@ -92,6 +126,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
+    except Exception as exc:
+        if _full(exc):
+            raise _disk_full(path, exc) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -23,3 +23,7 @@ class StageError(ScaleProtoSegError, RuntimeError):
 
 class DivergenceError(ScaleProtoSegError, FloatingPointError):
     """Training produced a non-finite loss, gradient or weight; nothing non-finite was written."""
+
+
+class DiskFullError(ScaleProtoSegError, OSError):
+    """A write ran out of disk space (or quota); the previous version of the file is unchanged."""

@@ -14,6 +14,8 @@ checkpoint of this project, with one clear error naming the file).
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 
 import torch
@@ -45,7 +47,9 @@ def gradcam_maps(model: nn.Module, x: torch.Tensor, classes) -> torch.Tensor:
     Each class is scored over the pixels the model predicts as that class (the whole image when none). The
     layer is the last trunk stage, whose output is the ASPP head's input: the trunk runs once, and each
     class needs only the head's forward and backward (captum attributes to the head's input)."""
-    from captum.attr import LayerGradCam
+    with warnings.catch_warnings():  # captum imports tqdm.auto, which warns in a notebook without ipywidgets that
+        warnings.filterwarnings("ignore", message="IProgress not found")  # it would draw a plain bar: no result
+        from captum.attr import LayerGradCam
 
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"gradcam_maps explains one image: x must be (1, 3, H, W), got {tuple(x.shape)}")
