@@ -3,6 +3,8 @@ clear message naming the file or key."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -135,3 +137,30 @@ def test_a_full_disk_is_one_clear_message_naming_the_file_and_the_old_file_stays
     with pytest.raises(ValueError, match="other"):  # any other error passes through unchanged
         with atomic_path(tmp_path / "c.json"):
             raise ValueError("other")
+
+
+def test_explain_refuses_bad_outputs_and_sizes_before_any_work(tmp_path, capsys):
+    from scaleprotoseg.explain.__main__ import main
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    not_a_folder = tmp_path / "out.txt"
+    not_a_folder.write_text("x")
+    cases = [(["--out", str(not_a_folder)], r"--out .*out\.txt is a file, not a folder"),
+             (["--out", "/proc/scaleprotoseg-test"], r"--out /proc/scaleprotoseg-test cannot be written to"),
+             (["--out", str(tmp_path / "o"), "--size", "100000"], r"--size 100000 is too large.*at most 2048")]
+    for extra, message in cases:  # the checkpoint does not even exist: these are refused first
+        rc = main(["--checkpoint", str(tmp_path / "missing.pt"), "--image", str(image), *extra])
+        err = capsys.readouterr().err
+        assert rc == 1 and re.search(message, err) and "Traceback" not in err, err
+    assert not_a_folder.read_text() == "x"
+
+
+def test_explain_refuses_an_image_above_the_pixel_limit_by_name(tmp_path, monkeypatch):
+    from scaleprotoseg.explain.image import read_image as explain_read_image
+
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2× its limit
+    with pytest.raises(DataError, match=r"huge\.png has more pixels than the decompression limit"):
+        explain_read_image(path)

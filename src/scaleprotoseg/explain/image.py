@@ -50,6 +50,9 @@ def read_image(path: str | Path, size: int = 512) -> np.ndarray:
                 scale = size / max(h, w)
                 im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8).copy()
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path} has more pixels than the decompression limit ({Image.MAX_IMAGE_PIXELS:,}), a guard "
+                        "against decompression bombs; shrink the image first if it is genuine.") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path} is not a readable image ({exc}); give --image a PNG or JPEG file.") from exc
 
@@ -82,14 +85,35 @@ class ExplainResult:
     summary: dict
 
 
+MAX_SIZE = 2048
+
+
+def writable_folder(folder: str | Path, option: str) -> Path:
+    """`folder`, created if needed, after checking that a file can be written there (before any long work)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except FileExistsError:
+        raise ConfigError(f"{option} {folder} is a file, not a folder; give a folder for the outputs.") from None
+    except OSError as exc:
+        raise ConfigError(f"{option} {folder} cannot be written to ({exc.strerror or exc}); give a writable folder.") from None
+    return folder
+
+
 def explain_file(image: str | Path, checkpoint: str | Path, out_dir: str | Path, gradcam: str | Path | None = None,
                  size: int = 512, classes: int = 3, device: str = "auto") -> ExplainResult:
     """Explain `image` with the prototype model of `checkpoint` (and, with `gradcam`, a DeepLab's Grad-CAM):
     writes the figure and the JSON summary into `out_dir` and returns their paths and the summary."""
     if size < 16:
         raise ConfigError(f"--size {size} is too small; give at least 16 (pixels of the longer side).")
+    if size > MAX_SIZE:
+        raise ConfigError(f"--size {size} is too large: the maps are computed for every pixel; give at most {MAX_SIZE} "
+                          "(the largest evaluation size of the paper's datasets, Cityscapes' 2048).")
     if classes < 1:
         raise ConfigError(f"--classes {classes}: explain at least 1 class.")
+    writable_folder(out_dir, "--out")
     t0 = time.perf_counter()
     dev = resolve_device(device, key="--device")
     model, cfg, payload = load_prototype_model(checkpoint, dev)
