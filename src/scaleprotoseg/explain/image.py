@@ -89,14 +89,17 @@ MAX_SIZE = 2048
 
 
 def writable_folder(folder: str | Path, option: str) -> Path:
-    """`folder`, created if needed, after checking that a file can be written there (before any long work)."""
+    """Check, before any long work and without creating anything, that `folder` (or the nearest folder above it
+    that exists, where it would be created) is a folder a file can be written to."""
     folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{option} {folder}: {probe} is a file, not a folder; give a folder for the outputs.")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-check-"):
             pass
-    except FileExistsError:
-        raise ConfigError(f"{option} {folder} is a file, not a folder; give a folder for the outputs.") from None
     except OSError as exc:
         raise ConfigError(f"{option} {folder} cannot be written to ({exc.strerror or exc}); give a writable folder.") from None
     return folder
