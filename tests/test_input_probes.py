@@ -164,3 +164,11 @@ def test_explain_refuses_an_image_above_the_pixel_limit_by_name(tmp_path, monkey
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2× its limit
     with pytest.raises(DataError, match=r"huge\.png has more pixels than the decompression limit"):
         explain_read_image(path)
+
+
+def test_the_prepare_notebook_shows_the_settings_of_the_dataset_it_prepares(params):
+    from scaleprotoseg.stages.prepare import source_settings
+
+    assert source_settings(params, "embedded").image_size == params["embedded"]["image_size"]
+    folder = source_settings(params, "folder")
+    assert folder.root == params["data_sources"]["folder"]["root"] and not hasattr(folder, "image_size")

@@ -23,6 +23,12 @@ def synthetic_spec(params: dict):
     return embedded_spec(params)
 
 
+def source_settings(params: dict, dataset: str):
+    """What the preparation of `dataset` reads its settings from: the embedded generator's (`embedded`) or the raw
+    source's (`data_sources.<dataset>`: folder, workers, …)."""
+    return synthetic_spec(params) if dataset == "embedded" else data_source(params, dataset)
+
+
 def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = False):
     """Write the prepared dataset for `dataset` under `root` (atomically); return its meta.
 
