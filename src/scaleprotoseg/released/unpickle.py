@@ -55,6 +55,7 @@ _STORAGE_DTYPES = {
 _DTYPE_NAMES = ("float64", "double", "float32", "float", "float16", "half", "bfloat16", "int64", "long", "int32",
                 "int", "int16", "short", "int8", "uint8", "bool")
 _HOW_TO_FIX = "use the file exactly as the authors released it (download it again if in doubt)"
+_REDOWNLOAD = "download it again and compare its size and checksum with the release"
 MAX_EXPANSION = 64  # a zip record's declared size / its compressed size (torch writes records stored: 1×)
 _SLACK = 1 << 20  # bytes any record may hold whatever its compressed size (a tiny record compresses badly)
 
@@ -234,8 +235,8 @@ def _zip_record(path: Path, zf: zipfile.ZipFile, record: str, need: int | None =
     size) and at most `MAX_EXPANSION`× what it takes in the file, so a bomb is refused before it is inflated."""
     info = zf.getinfo(record)
     if need is not None and info.file_size < need:
-        raise ArtifactError(f"{path}: record {record} holds {info.file_size:,} bytes but its storage declares "
-                            f"{need:,}; the file is truncated or was altered; {_HOW_TO_FIX}.")
+        raise ArtifactError(f"{path} is truncated or corrupt: record {record} holds {info.file_size:,} bytes but its "
+                            f"storage declares {need:,}; {_REDOWNLOAD}.")
     if info.file_size > MAX_EXPANSION * info.compress_size + _SLACK:
         raise ArtifactError(
             f"{path}: record {record} declares {info.file_size:,} bytes from {info.compress_size:,} compressed (more "
@@ -286,9 +287,8 @@ def _read_legacy(path: Path, fh) -> Loaded:
         if key not in roots:
             declared[0] += max(numel, 0) * _element_size(kind.dtype)
             if declared[0] > file_size:  # the storages follow the pickle in the file: they cannot be larger than it
-                raise ArtifactError(f"{path}: storage {key} takes the storages' declared size to {declared[0]:,} "
-                                    f"bytes, more than the file's {file_size:,}; the file is truncated or was altered; "
-                                    f"{_HOW_TO_FIX}.")
+                raise ArtifactError(f"{path} is truncated or corrupt: with storage {key} its storages declare "
+                                    f"{declared[0]:,} bytes, more than the file's {file_size:,}; {_REDOWNLOAD}.")
             roots[key] = torch.empty(numel, dtype=kind.dtype)  # filled below, once the keys are read
         locations.add(location)
         if view is None:
@@ -336,8 +336,7 @@ def read_checkpoint(path: str | Path) -> Loaded:
         raise
     except Exception as exc:  # truncated pickle, bad CRC, short storage, malformed records
         raise ArtifactError(
-            f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc}); download it again "
-            "and compare its size and checksum with the release.") from exc
+            f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc}); {_REDOWNLOAD}.") from exc
 
 
 MAX_MODULE_DEPTH = 200  # nested sub-modules; the deepest released network (ResNet-101 + heads) has fewer than 10
