@@ -277,7 +277,7 @@ def group_composition(model, classes, names):
         js = [j for j in range(idx.shape[1]) if valid[c, j]]
         js.sort(key=lambda j: (int(scale[idx[c, j]]), int(idx[c, j])))
         mats.append(w[c][:, js].numpy())
-        cols.append(["/".join(names[int(idx[c, j])].split("/")[1:]) for j in js])
+        cols.append(["/".join(names[int(idx[c, j])].rsplit("/", 2)[1:]) for j in js])
     return mats, cols, list(classes)
 
 

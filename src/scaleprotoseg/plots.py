@@ -223,10 +223,13 @@ def curves_figure(curves: dict, title="Training curves"):
 
 
 def save_figure(fig, path) -> None:
-    """Save atomically as PNG (the only file-writing helper here) and close the figure."""
+    """Save atomically as PNG (the only file-writing helper here) and close the figure. Text is data, drawn as
+    written, never as mathtext: a class named 'cost $5' or '$x$' is shown literally (nothing renders earlier)."""
     from .atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_parse_math(False)
+    with atomic_path(path) as tmp, plt.rc_context({"text.parse_math": False}):  # and ticks made while drawing
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -244,10 +247,10 @@ def prototype_gallery(patches: np.ndarray, boxes: np.ndarray, names, title: str 
             raise ValueError(f"prototype_gallery: {what} has {len(v)} entries for {P} prototype names")
     if any(str(n).count("/") < 2 for n in names):
         raise ValueError(f"prototype_gallery: names must read '<class>/s<scale>/<m>', got {names!r:.80}")
-    key = lambda i: (str(names[i]).split("/")[1], i)  # scale, then model order
+    key = lambda i: (str(names[i]).rsplit("/", 2)[1], i)  # scale, then model order (a class name may hold '/')
     by_class: dict[str, dict[str, list[int]]] = {}
     for i in sorted(range(P), key=key):
-        by_class.setdefault(str(names[i]).split("/")[0], {}).setdefault(key(i)[0], []).append(i)
+        by_class.setdefault(str(names[i]).rsplit("/", 2)[0], {}).setdefault(key(i)[0], []).append(i)
     classes = list(by_class)[:max_classes] if max_classes > 0 else list(by_class)
     most = max((sum(map(len, s.values())) for s in by_class.values()), default=1)
     ncol = max(min(most, max_per_class), 1)
@@ -255,7 +258,7 @@ def prototype_gallery(patches: np.ndarray, boxes: np.ndarray, names, title: str 
     fs, p = 6.0, 0.75  # title font size, patch side
     unused = {i: used is not None and not used[i] for r in rows for i in r}
     extra = {i: "unused" if unused[i] else str(group_weights[i]) if group_weights is not None else "" for i in unused}
-    labels = {i: "/".join(str(names[i]).split("/")[1:]) + ("\n" + _wrap(extra[i], p + 0.05, fs) if extra[i] else "") for i in unused}
+    labels = {i: "/".join(str(names[i]).rsplit("/", 2)[1:]) + ("\n" + _wrap(extra[i], p + 0.05, fs) if extra[i] else "") for i in unused}
     colw = max([p] + [_tw(t, fs) for t in labels.values()]) + 0.12
     band = max([_th(t, fs) for t in labels.values()] + [0.1]) + 0.05
     row_names = [_wrap(c, 1.6, 9) for c in classes]
@@ -394,3 +397,4 @@ def failure_figure(cases, classes, *, max_maps: int = 4):
         if maps:
             _colorbar(fig, im, row[2 + len(maps)], "activation", 0.08, 0.1, fs=fs)
     return fig
+

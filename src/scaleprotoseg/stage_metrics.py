@@ -3,7 +3,11 @@
 prints one row per method, seed and stage in a table that fits a screen) and `plots/custom/*.json` (figures
 that change with an experiment, declared as DVC plots so `dvc plots diff` compares two experiments).
 Everything else a stage measures goes to `summary.json` beside it (per-class IoU: per_class_iou.csv). The
-DVCLive folder is written in a temporary folder and swapped in whole: a failed run keeps the previous one."""
+DVCLive folder is written in a temporary folder and swapped in whole: a failed run keeps the previous one.
+
+`dvc plots show` writes plot data into a `<script>` of its page without escaping it, so a class named
+`</script><script>…` would run as code there: in plot data, text values carry `<` and `>` as the look-alikes
+`＜` `＞` (U+FF1C, U+FF1E), which no HTML parser reads as markup. `summary.json` keeps the names as written."""
 
 from __future__ import annotations
 
@@ -13,6 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_dir, write_json
+
+_PAGE_SAFE = str.maketrans({"<": "\uff1c", ">": "\uff1e"})
+
+
+def page_safe(datapoints: list[dict]) -> list[dict]:
+    """Plot datapoints with `<` and `>` in text values replaced by their full-width look-alikes (see above)."""
+    return [{k: v.translate(_PAGE_SAFE) if isinstance(v, str) else v for k, v in row.items()} for row in datapoints]
+
 
 HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpret": ("consistency", "stability")}
 
@@ -38,7 +50,7 @@ def write_results(report_dir: Path, summary: dict, stage: str, params: dict | No
             if summary.get(k) is not None:
                 live.log_metric(k, float(summary[k]), plot=False)
         for name, (datapoints, x, y, template) in (plots or {}).items():
-            live.log_plot(name, datapoints, x=x, y=y, template=template)
+            live.log_plot(name, page_safe(datapoints), x=x, y=y, template=template)
         live.end()
         if not (tmp / "metrics.json").is_file():  # a method with no such numbers (deeplab's interpretability)
             write_json(tmp / "metrics.json", {})

@@ -134,8 +134,48 @@ def folder_classes_file(root: Path) -> tuple[dict, Path]:
                 raise DataError(f"{path} is not valid YAML ({exc}); expected a mapping with `names`.") from None
             if not isinstance(spec, dict) or not isinstance(spec.get("names"), list) or not spec["names"]:
                 raise DataError(f"{path}: expected a mapping with a non-empty list `names` (and optional `values`, `void`).")
+            check_folder_spec(spec, path)
             return spec, path
     raise DataError(f"{root}: classes.json (or classes.yaml) is missing: list the class `names` (optional `values`, `void`).")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_folder_spec(spec: dict, path: Path) -> None:
+    """Refuse a classes file that would corrupt the labels silently: names that are not distinct non-empty
+    strings (per-class results are keyed by name), `values` that are not distinct integers 0..255 one per
+    name (a value listed twice leaves a class without pixels), a `void` equal to a class value (the class
+    would become void). Any other character is kept and shown literally (`a/b`, `cost $5`, `<b>`)."""
+    names = spec["names"]
+    for k, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            raise DataError(f"{path}: `names[{k}]` is {n!r}; every class name must be a non-empty string "
+                            "(quote it in YAML, e.g. '1' or 'yes').")
+    seen: dict[str, int] = {}
+    for k, n in enumerate(names):
+        if n in seen:
+            raise DataError(f"{path}: `names` lists {n!r} twice (names[{seen[n]}] and names[{k}]); class names "
+                            "must be unique: rename one, or give both the same class by merging their values.")
+        seen[n] = k
+    values = spec.get("values", list(range(len(names))))
+    if not isinstance(values, list) or len(values) != len(names):
+        raise DataError(f"{path}: `values` must list one mask value per name ({len(names)} names), got {values!r:.80}.")
+    where: dict[int, int] = {}
+    for k, v in enumerate(values):
+        if not _is_int(v) or not 0 <= v <= 255:
+            raise DataError(f"{path}: `values[{k}]` is {v!r}; mask values are integers 0..255.")
+        if v in where:
+            raise DataError(f"{path}: `values` lists {v} twice (for {names[where[v]]!r} and {names[k]!r}): the "
+                            "second class would get no pixels; give each class its own mask value.")
+        where[v] = k
+    void = spec.get("void", 255)
+    if not _is_int(void):
+        raise DataError(f"{path}: `void` is {void!r}; it must be an integer mask value (default 255).")
+    if void in where:
+        raise DataError(f"{path}: `void` is {void}, the value of class {names[where[void]]!r} (`values`), so that "
+                        "class would become void; choose another void value or another value for the class.")
 
 
 def declared_parts(raw, names: list[str], spec_path: Path) -> dict[str, tuple[str, ...]]:

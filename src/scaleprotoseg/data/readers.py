@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from .prepared import VOID
@@ -23,6 +23,17 @@ def lookup_table(mapping: dict[int, int], default: int = VOID) -> np.ndarray:
     return table
 
 
+
+
+def inside_root(root: Path, paths) -> None:
+    """Refuse a file that resolves outside the dataset folder `root` (a symbolic link leaving it): the dataset
+    folder is what DVC tracks, so a file outside it could change without any stage noticing."""
+    top = Path(root).resolve()
+    for path in paths:
+        real = Path(path).resolve()
+        if not real.is_relative_to(top):
+            raise DataError(f"{path} is a symbolic link to {real}, outside the dataset folder {root}; copy the file "
+                            "into the dataset (or move the whole dataset there and link the dataset folder itself).")
 
 
 def voc_palette() -> np.ndarray:
@@ -68,9 +79,16 @@ def _open(path: Path, what: str, read):
         raise DataError(f"{path} is not a readable {what} ({exc}).") from exc
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """`img` turned as its EXIF orientation says (how viewers and annotation tools show a camera photo), so an
+    image and a mask drawn over it on screen line up; an image without that tag is returned as it is."""
+    return ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
+
+
 def _to_rgb(img: Image.Image) -> np.ndarray:
-    """RGB uint8. A 16-bit (or 32-bit integer) grayscale image is scaled to 8 bits (v × 255 / 65535, or by the
+    """RGB uint8, upright (EXIF orientation applied). A 16-bit (or 32-bit integer) grayscale image is scaled to 8 bits (v × 255 / 65535, or by the
     32-bit range when its values exceed 16 bits), not clipped — microscopy and EM images are often 16-bit."""
+    img = upright(img)
     if img.mode in _HIGH_DEPTH:
         arr = np.asarray(img).astype(np.float64)
         top = 65535.0 if arr.max(initial=0) <= 65535 else 2.0**32 - 1
@@ -96,7 +114,7 @@ def _index(path: Path):
         img.load()
         if img.mode not in ("L", "P", "I", "I;16"):
             raise DataError(f"{path}: a label map must be single-channel (grayscale or palette), got mode {img.mode}.")
-        return np.asarray(img)
+        return np.asarray(upright(img))  # a mask with an EXIF orientation is turned like its image
     return read
 
 

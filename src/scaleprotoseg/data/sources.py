@@ -21,7 +21,9 @@ class names (`class_names.py`). Label maps:
   the countable fine parts (e.g. a car's wheels 20..29) into one.
   For both, uids that fit no format of the specification, and part ids the class does not declare, stop
   the stage with the file's name (`panoptic_parts.py` has the rules and their sources).
-- folder: masks hold class indices (or the values listed in the classes file), `void` as declared;
+- folder: masks hold class indices (or the values listed in the classes file), `void` as declared; every
+  file it reads must lie under the dataset folder (a symbolic link leaving it is refused: the dataset is what
+  DVC tracks, so a file outside it could change unseen; a link to the dataset folder itself is fine);
   optional part masks `parts/<stem>.png` (part index within the pixel's class, 1..n_c, 0 = no part) with
   the classes file's `parts: {class: [part names]}`.
 """
@@ -55,7 +57,7 @@ from .panoptic_parts import (  # noqa: F401 (re-exported)
     read_uids,
 )
 from .prepared import VOID
-from .readers import IMAGE_SUFFIXES, lookup_table, read_image, read_index_png, read_text, voc_palette  # noqa: F401 (re-exported)
+from .readers import IMAGE_SUFFIXES, inside_root, lookup_table, read_image, read_index_png, read_text, voc_palette  # noqa: F401 (re-exported)
 
 CITYSCAPES_TABLE = lookup_table(CITYSCAPES_LABELID_TO_TRAINID)
 CITYSCAPES_TRAINID_TO_LABELID = lookup_table({v: k for k, v in CITYSCAPES_LABELID_TO_TRAINID.items()}, default=0)
@@ -92,7 +94,9 @@ class Source:
         except DataError as exc:
             raise DataError(str(exc) if str(exc).startswith(str(lab_path)) else f"{lab_path}: {exc}") from None
         if image.shape[:2] != label.shape:
-            raise DataError(f"{lab_path}: label {label.shape} and image {img_path.name} {image.shape[:2]} differ in size.")
+            turned = (" (the image is read upright, its EXIF orientation applied: draw the mask over the upright "
+                      "image, or save the image without the rotation tag)") if label.shape == image.shape[1::-1] else ""
+            raise DataError(f"{lab_path}: label {label.shape} and image {img_path.name} {image.shape[:2]} differ in size{turned}.")
         parts = None
         if part_path is not None:
             parts = self.part_reader(part_path) if self.part_reader is not None else read_index_png(part_path)
@@ -266,11 +270,9 @@ def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
         if not (root / need).is_dir():
             raise DataError(f"{root}: the folder dataset needs {need}/ (images/ and masks/ with matching file stems).")
     spec, spec_path = folder_classes_file(root)
-    names = spec["names"]
+    names = spec["names"]  # checked by folder_classes_file: distinct names, distinct values 0..255, void apart
     void = int(spec.get("void", VOID))
     values = spec.get("values", list(range(len(names))))
-    if len(values) != len(names):
-        raise DataError(f"{root}: classes file lists {len(names)} names but {len(values)} values.")
     table = lookup_table({int(v): k for k, v in enumerate(values)}, default=VOID)
     known = np.zeros(256, bool)
     known[[int(v) for v in values if 0 <= int(v) < 256]] = True
@@ -278,6 +280,7 @@ def scan_folder(root: Path, seed: int = 0, val_fraction: float = 0.2) -> Source:
         known[void] = True
     images = {p.stem: p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.stem: p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    inside_root(root, [spec_path, *images.values(), *masks.values()])
     unmatched = sorted(set(images) ^ set(masks))
     if unmatched:
         raise DataError(f"{root}: these stems have an image without a mask or a mask without an image: {unmatched[:10]}.")
@@ -332,6 +335,7 @@ def _folder_parts(root: Path, spec: dict, spec_path: Path, images: dict[str, Pat
         return {}, {}, None
     if not files:
         raise DataError(f"{spec_path}: `parts` is declared but {folder} holds no part masks (parts/<stem>.png).")
+    inside_root(root, files.values())
     orphans = sorted(set(files) - set(images))
     if orphans:
         raise DataError(f"{folder}: these part masks have no image in images/: {orphans[:10]}.")

@@ -87,7 +87,7 @@ def write_explorer(path, model, dataset, data_cfg, device, classes, names, patch
         maps = saliency.get(i) if isinstance(saliency, dict) else saliency
         data["images"].append(_image_record(model, dataset, i, data_cfg, device, used, maps, display_side))
     try:
-        payload = json.dumps(data, allow_nan=False).replace("<", "\\u003c")  # nothing can close the <script>
+        payload = script_json(data)
     except ValueError as exc:
         raise ValueError("write_explorer: the model's weights hold NaN or infinite values; re-run the stage that "
                          "trained it (its checkpoint is not usable).") from exc
@@ -280,6 +280,16 @@ def _scale_labels(model) -> list[str]:
     if model.prototypes.num_scales == len(rates):
         return [f"rate {r}" for r in rates]
     return [f"rates {'+'.join(map(str, rates))} (summed)"] if rates else []
+
+
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(data) -> str:
+    """JSON for a `<script type="application/json">` block: `<`, `>`, `&` and U+2028/9 as \\u escapes, so no
+    value (a class named `</script><script>…`) can close the block or start markup; JSON.parse reads it back."""
+    text = json.dumps(data, allow_nan=False)
+    return text.translate(str.maketrans(_SCRIPT_ESCAPES))
 
 
 def _html_escape(text: str) -> str:

@@ -37,14 +37,14 @@ from ..device import resolve_device
 
 def read_image(path: str | Path, size: int = 512) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, shrunk (bilinear) so that its longer side is at most `size`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such image file; give --image the path of a PNG or JPEG image.")
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = ImageOps.exif_transpose(im).convert("RGB")  # upright, as a viewer shows a camera photo
             w, h = im.size
             if max(h, w) > size:
                 scale = size / max(h, w)

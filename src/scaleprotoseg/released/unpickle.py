@@ -19,6 +19,11 @@ Both serialisation formats are read: the zip format (torch ≥ 1.6: `<name>/data
 `<name>/data/<key>` per storage) and the legacy format (a pickled magic number, protocol version and
 system information, the pickled object, the list of storage keys, then each storage as an int64 element
 count followed by its raw bytes).
+
+Sizes are checked before anything is read or allocated: a storage's declared size (numel × element size)
+must fit the bytes actually there (legacy: what is left of the file; zip: its record's declared size), and a
+zip record may expand at most `MAX_EXPANSION`× its compressed size (torch stores records uncompressed, so
+a genuine checkpoint expands 1×; a 2 MB file holding a deflated 2 GiB storage is refused, not read).
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ _STORAGE_DTYPES = {
 _DTYPE_NAMES = ("float64", "double", "float32", "float", "float16", "half", "bfloat16", "int64", "long", "int32",
                 "int", "int16", "short", "int8", "uint8", "bool")
 _HOW_TO_FIX = "use the file exactly as the authors released it (download it again if in doubt)"
+_REDOWNLOAD = "download it again and compare its size and checksum with the release"
+MAX_EXPANSION = 64  # a zip record's declared size / its compressed size (torch writes records stored: 1×)
+_SLACK = 1 << 20  # bytes any record may hold whatever its compressed size (a tiny record compresses badly)
 
 
 class UnsafeCheckpointError(ScaleProtoSegError, pickle.UnpicklingError):
@@ -222,6 +230,21 @@ def _from_bytes(raw: bytes, dtype: torch.dtype, numel: int, little: bool, where:
     return u8.view(dtype)
 
 
+def _zip_record(path: Path, zf: zipfile.ZipFile, record: str, need: int | None = None) -> bytes:
+    """The bytes of `record`, its declared size checked first: at least `need` (a storage's numel × element
+    size) and at most `MAX_EXPANSION`× what it takes in the file, so a bomb is refused before it is inflated."""
+    info = zf.getinfo(record)
+    if need is not None and info.file_size < need:
+        raise ArtifactError(f"{path} is truncated or corrupt: record {record} holds {info.file_size:,} bytes but its "
+                            f"storage declares {need:,}; {_REDOWNLOAD}.")
+    if info.file_size > MAX_EXPANSION * info.compress_size + _SLACK:
+        raise ArtifactError(
+            f"{path}: record {record} declares {info.file_size:,} bytes from {info.compress_size:,} compressed (more "
+            f"than {MAX_EXPANSION}× expansion; PyTorch stores records uncompressed): refused before reading it, "
+            f"as a decompression bomb; {_HOW_TO_FIX}.")
+    return zf.read(record)
+
+
 def _read_zip(path: Path, zf: zipfile.ZipFile) -> Loaded:
     names = set(zf.namelist())
     pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
@@ -237,11 +260,12 @@ def _read_zip(path: Path, zf: zipfile.ZipFile) -> Loaded:
         if record not in names:
             raise ArtifactError(f"{path}: storage record {record} is missing")
         if key not in cache:
-            cache[key] = _from_bytes(zf.read(record), kind.dtype, numel, little, f"{path}:{record}")
+            need = max(numel, 0) * _element_size(kind.dtype)
+            cache[key] = _from_bytes(_zip_record(path, zf, record, need), kind.dtype, numel, little, f"{path}:{record}")
         locations.add(location)
         return cache[key]
 
-    obj = RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), storage, path).load()
+    obj = RestrictedUnpickler(io.BytesIO(_zip_record(path, zf, pkl[0])), storage, path).load()
     return Loaded(obj, "zip", tuple(sorted(locations)))
 
 
@@ -257,9 +281,14 @@ def _read_legacy(path: Path, fh) -> Loaded:
     little = bool(info.get("little_endian", True)) if isinstance(info, dict) else True
     roots: dict[str, torch.Tensor] = {}
     locations: set[str] = set()
+    file_size, declared = path.stat().st_size, [0]
 
     def storage(kind: StorageKind, key: str, location: str, numel: int, view) -> torch.Tensor:
         if key not in roots:
+            declared[0] += max(numel, 0) * _element_size(kind.dtype)
+            if declared[0] > file_size:  # the storages follow the pickle in the file: they cannot be larger than it
+                raise ArtifactError(f"{path} is truncated or corrupt: with storage {key} its storages declare "
+                                    f"{declared[0]:,} bytes, more than the file's {file_size:,}; {_REDOWNLOAD}.")
             roots[key] = torch.empty(numel, dtype=kind.dtype)  # filled below, once the keys are read
         locations.add(location)
         if view is None:
@@ -307,8 +336,7 @@ def read_checkpoint(path: str | Path) -> Loaded:
         raise
     except Exception as exc:  # truncated pickle, bad CRC, short storage, malformed records
         raise ArtifactError(
-            f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc}); download it again "
-            "and compare its size and checksum with the release.") from exc
+            f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc}); {_REDOWNLOAD}.") from exc
 
 
 MAX_MODULE_DEPTH = 200  # nested sub-modules; the deepest released network (ResNet-101 + heads) has fewer than 10

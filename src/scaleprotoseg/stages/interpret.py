@@ -144,6 +144,8 @@ def _scale_names(cfg: RunConfig, columns) -> list[str]:
 def explorer_view(report_dir: Path, notebook_dir: Path | None = None, height: int = 760):
     """What a notebook displays for the explorer: a link to the page and the page itself in an IFrame (in
     JupyterLab), or a note when this method has none (deeplab)."""
+    import urllib.parse
+
     from IPython.display import HTML, IFrame, Markdown
 
     page = Path(report_dir) / "explorer.html"
@@ -154,5 +156,6 @@ def explorer_view(report_dir: Path, notebook_dir: Path | None = None, height: in
     except ValueError:  # another drive
         rel = str(page)
     size = page.stat().st_size / 2**20
+    rel = urllib.parse.quote(Path(rel).as_posix())  # a URL: no quote or markup of a folder name reaches the HTML
     return HTML(f'<p><a href="{rel}" target="_blank">Open the explorer</a> ({size:.1f} MB, self-contained: '
                 f'click a pixel to see its class, winning group and prototypes)</p>'), IFrame(rel, width="100%", height=height)
