@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import ArtifactError, on_console
 from .paths import repo_root
 
 SCRATCH = ".tmp"  # the repository's folder for temporaries (git-ignored; never a DVC output)
@@ -69,6 +70,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             near = path.with_name(f".{path.name}.{tmp_path.stem}.tmp")
             shutil.copyfile(tmp_path, near)
             os.replace(near, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise on_console(ArtifactError(f"could not write {path} ({exc}): disk full. The previous {path.name}, if any, "
+                                       "is unchanged; free space and run again (training resumes from its last "
+                                       "checkpoint).")) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 
