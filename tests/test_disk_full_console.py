@@ -67,6 +67,6 @@ def test_the_message_reaches_the_console_of_papermill(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run([str(papermill), "--no-progress-bar", str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb")],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ArtifactError: could not write probe.pt: disk full" in out.stderr

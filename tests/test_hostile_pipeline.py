@@ -17,7 +17,7 @@ from scaleprotoseg.errors import ConfigError
 from scaleprotoseg.stages import check
 
 from .repo_copy import copy_repository
-from .test_dvc_pipeline import DVC, PRESET, ROOT, SEED, TINY, dvc, needs_dvc
+from .test_dvc_pipeline import PRESET, ROOT, SEED, TINY, dvc, needs_dvc
 
 INJECTIONS = ("$(touch {x})1", "`touch {x}`", "; touch {x}", "' ; touch {x} ; '")
 KEYS = ("seeds", "methods", "dataset")

@@ -19,10 +19,19 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from ..config import data_source, embedded_spec, export_names, load_config, method_names, read_params, seed_list
+from ..config import (
+    data_source,
+    embedded_spec,
+    export_names,
+    load_config,
+    method_names,
+    read_params,
+    seed_list,
+)
 from ..errors import ConfigError
 from ..schema import section
 

@@ -137,7 +137,8 @@ def run(stage: str, cfg: RunConfig, paths: dict[str, str | Path | None], progres
         tail: list[str] = []
         with _signals_raise():
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    start_new_session=True, preexec_fn=lambda: set_death_signal(signal.SIGTERM))
+                                    start_new_session=True,  # the child only calls prctl: no lock is taken
+                                    preexec_fn=lambda: set_death_signal(signal.SIGTERM))  # noqa: PLW1509
             reader = threading.Thread(target=_pump, args=(proc, tail), daemon=True)
             reader.start()
             deadline = time.monotonic() + cfg.rdzv_timeout
