@@ -120,14 +120,14 @@ def test_a_full_disk_is_one_clear_message_naming_the_file_and_the_old_file_stays
     import errno
 
     from scaleprotoseg.atomic import atomic_path, write_json
-    from scaleprotoseg.errors import DiskFullError
+    from scaleprotoseg.errors import ArtifactError
 
     target = tmp_path / "summary.json"
     write_json(target, {"old": True})
-    with pytest.raises(DiskFullError, match=r"No space left on the device while writing .*summary\.json.*unchanged"):
+    with pytest.raises(ArtifactError, match=r"could not write .*summary\.json: disk full.*unchanged"):
         with atomic_path(target):
             raise OSError(errno.ENOSPC, "No space left on device")
-    with pytest.raises(DiskFullError, match=r"samples\.png"):  # Pillow's way: another error while handling ENOSPC
+    with pytest.raises(ArtifactError, match=r"samples\.png: disk full"):  # Pillow's way: another error while handling ENOSPC
         with atomic_path(tmp_path / "samples.png"):
             try:
                 raise OSError(errno.ENOSPC, "No space left on device")

@@ -2,7 +2,7 @@
 
 A stage interrupted half-way therefore never leaves a truncated checkpoint, JSON or figure behind. Files and
 folders get the permissions the user's umask gives (not the 0600 / 0700 of a temporary), and a write that runs
-out of disk space ends with one `DiskFullError` naming the file, whatever library was writing it (Pillow, for
+out of disk space ends with one `ArtifactError` naming the file (also on the console), whatever library was writing it (Pillow, for
 one, reports a full disk as an unrelated AttributeError first).
 """
 
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DiskFullError
+from .errors import ArtifactError, on_console
 from .paths import repo_root
 
 SCRATCH = ".tmp"  # the repository's folder for temporaries (git-ignored; never a DVC output)
@@ -53,9 +53,12 @@ def _full(exc: BaseException | None) -> bool:
     return False
 
 
-def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
-    return DiskFullError(errno.ENOSPC, f"No space left on the device while writing {path}: free some space (or "
-                         f"move the repository) and run the stage again; any previous {path.name} is unchanged.")
+def _disk_full(path: Path, exc: BaseException) -> ArtifactError:
+    """The one message of a full disk, also written to the console (`errors.on_console`): papermill cannot save
+    the notebook that would hold it."""
+    return on_console(ArtifactError(f"could not write {path}: disk full (no space left on the device). The previous "
+                                    f"{path.name}, if any, is unchanged; free space and run again (training resumes "
+                                    "from its last checkpoint)."))
 
 
 def _tag(path: Path) -> str:
@@ -99,7 +102,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.copyfile(tmp_path, near)
             os.replace(near, path)
     except Exception as exc:
-        if _full(exc):
+        if _full(exc) and not isinstance(exc, ArtifactError):  # (an inner write's message already said it)
             raise _disk_full(path, exc) from exc
         raise
     finally:
@@ -127,7 +130,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except Exception as exc:
-        if _full(exc):
+        if _full(exc) and not isinstance(exc, ArtifactError):  # (an inner write's message already said it)
             raise _disk_full(path, exc) from exc
         raise
     finally:

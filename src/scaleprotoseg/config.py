@@ -51,8 +51,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # experiment keys with a default: how training is carried out (precision changes the numbers; the
 # launcher keys do not, up to float round-off: the global batch is the same on any number of processes)
-EXPERIMENT_DEFAULTS = {"precision": "auto", "gpus": 1, "nodes": 1, "rdzv_endpoint": "localhost:29400"}
-LAUNCH_KEYS = ("device", "gpus", "nodes", "rdzv_endpoint")  # where and on how many processes: not what is computed
+EXPERIMENT_DEFAULTS = {"precision": "auto", "gpus": 1, "nodes": 1, "rdzv_endpoint": "localhost:29400", "rdzv_timeout": 900}
+LAUNCH_KEYS = ("device", "gpus", "nodes", "rdzv_endpoint", "rdzv_timeout")  # where and on how many processes: not what is computed
 
 
 TRAIN_SECTIONS = {
@@ -90,6 +90,7 @@ class RunConfig:
     gpus: int = 1  # training processes per node (torchrun --nproc_per_node)
     nodes: int = 1  # machines (torchrun --nnodes)
     rdzv_endpoint: str = "localhost:29400"  # host:port of node 0, where the nodes meet (torchrun --rdzv-endpoint)
+    rdzv_timeout: int = 900  # seconds the stage waits for every process to meet before it gives up
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -225,7 +226,7 @@ def load_config(
     launch = {k: exp.get(k, v) for k, v in EXPERIMENT_DEFAULTS.items()}
     if launch["precision"] not in PRECISIONS:
         raise ConfigError(f"experiment.precision is {launch['precision']!r}; choose one of {list(PRECISIONS)}.")
-    for key in ("gpus", "nodes"):
+    for key in ("gpus", "nodes", "rdzv_timeout"):
         launch[key] = typed(launch[key], int, f"experiment.{key}")
         if launch[key] < 1:
             raise ConfigError(f"experiment.{key} must be at least 1, got {launch[key]}.")

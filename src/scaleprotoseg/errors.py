@@ -25,5 +25,16 @@ class DivergenceError(ScaleProtoSegError, FloatingPointError):
     """Training produced a non-finite loss, gradient or weight; nothing non-finite was written."""
 
 
-class DiskFullError(ScaleProtoSegError, OSError):
-    """A write ran out of disk space (or quota); the previous version of the file is unchanged."""
+def on_console(exc: ScaleProtoSegError) -> ScaleProtoSegError:
+    """Also write `exc`'s message to the process's own stderr (the console `dvc repro` shows), not only to the
+    notebook: when the disk is full, papermill cannot save the executed notebook that holds the message, and
+    the console would show only papermill's own OSError. Returns `exc` (`raise on_console(ArtifactError(...))`)."""
+    import sys
+
+    stream = sys.__stderr__ or sys.stderr  # a kernel redirects sys.stderr into the notebook; __stderr__ is the console
+    try:
+        stream.write(f"{type(exc).__name__}: {exc}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+    return exc

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArtifactError, DivergenceError
+from ..errors import ArtifactError, DivergenceError, on_console
 from ..atomic import atomic_path
 
 FORMAT = "scaleprotoseg-checkpoint-v1"
@@ -47,9 +47,11 @@ def write_torch(obj, path: str | Path) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(obj, tmp)
+    except ArtifactError:  # already named (a full disk) and shown on the console
+        raise
     except (OSError, RuntimeError) as exc:  # torch reports a short write as RuntimeError
-        raise ArtifactError(f"could not write {path} ({exc}); is the disk full? The previous {Path(path).name}, "
-                            "if any, is unchanged; free space and run again (the run resumes).") from exc
+        raise on_console(ArtifactError(f"could not write {path} ({exc}); is the disk full? The previous {Path(path).name}, "
+                            "if any, is unchanged; free space and run again (the run resumes).")) from exc
 
 
 def load_checkpoint(path: str | Path, stage_hint: str = "the training stage") -> dict:

@@ -1,5 +1,6 @@
 """The code dependencies of dvc.yaml, generated: each stage depends on exactly the source files its notebook
-can run (the import closure of the `scaleprotoseg` modules the notebook imports; see `closure`).
+can run (the import closure of the `scaleprotoseg` modules the notebook imports; see `closure`), or, for a
+stage whose command is `python -m scaleprotoseg.<module>` (the params check), that module's closure.
 
     python -m scaleprotoseg.tools.dvc_deps --write   # rewrite the src/ deps of every stage in dvc.yaml
     python -m scaleprotoseg.tools.dvc_deps           # check only: exit 1 and show the difference if stale
@@ -61,6 +62,7 @@ def compact(files: set[Path]) -> list[str]:
 
 _STAGE = re.compile(r"^  ([A-Za-z_][\w-]*):\s*$")
 _NOTEBOOK = re.compile(r"notebooks/[\w.-]+\.ipynb")
+_MODULE = re.compile(r"python -m (scaleprotoseg(?:\.\w+)+)")  # a stage that runs a module, not a notebook
 
 
 def regenerate(text: str, repo: Path) -> str:
@@ -75,6 +77,8 @@ def regenerate(text: str, repo: Path) -> str:
         m = _NOTEBOOK.search(line)
         if m and "papermill" in line:  # the stage's command: the notebook it runs
             block_notebook = m.group(0)
+        elif (mod := _MODULE.search(line)) and "cmd:" in line:
+            block_notebook = mod.group(1)
         stripped = line.lstrip()
         if stripped.startswith("- " + SRC_PREFIX):
             indent = line[: len(line) - len(stripped)]
@@ -82,7 +86,9 @@ def regenerate(text: str, repo: Path) -> str:
                 i += 1
             if block_notebook is None:
                 raise SystemExit(f"dvc.yaml: src/ deps before any notebook at line {i}")
-            out.extend(f"{indent}- {d}\n" for d in compact(notebook_closure(repo / block_notebook)))
+            files = (notebook_closure(repo / block_notebook) if block_notebook.endswith(".ipynb")
+                     else set(module_closure(block_notebook)))
+            out.extend(f"{indent}- {d}\n" for d in compact(files))
             continue
         out.append(line)
         i += 1
