@@ -14,7 +14,8 @@ import pandas as pd
 
 from .atomic import atomic_dir, write_json
 
-HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpret": ("consistency", "stability")}
+HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpret": ("consistency", "stability",
+    "faith_deletion_auc", "faith_insertion_auc", "faith_gradcam_deletion_auc", "faith_gradcam_insertion_auc")}
 
 
 def flat_params(config: dict, sep: str = ".") -> dict:
