@@ -186,3 +186,25 @@ def test_the_loop_runs_on_prototype_models_and_deeplab(params):
     only = fa.evaluate_faithfulness(fa.explainers(None, deeplab), data, data_cfg, "cpu", seed=0, n_images=1, steps=4)
     assert set(only.metrics) == {"deeplab_gradcam", "deeplab_inverse", "deeplab_random"}
     assert set(fa.headline(only.metrics)) >= {"faith_gradcam_deletion_auc", "faith_gradcam_insertion_auc"}
+
+
+def test_report_gives_faithfulness_mean_std_over_seeds(tmp_path):
+    from scaleprotoseg.atomic import write_json
+    from scaleprotoseg.stages.layout import layout
+    from scaleprotoseg.stages.report import collect_results, display_table
+
+    seeds, own, cam = [1, 2], {1: 0.2, 2: 0.3}, {1: 0.5, 2: 0.25}
+    for m in ("deeplab", "protoseg"):
+        for s in seeds:
+            write_json(tmp_path / layout("evaluate_reports", "embedded", m, s) / "summary.json",
+                       {"miou": 50.0, "pixel_accuracy": 90.0, "iou": {"background": 50.0}})
+            summary = {"faith_gradcam_deletion_auc": cam[s] + (m == "deeplab")}
+            if m == "protoseg":
+                summary.update(faith_deletion_auc=own[s], faith_insertion_auc=1 - own[s], faith_relevance_mass=0.4)
+            write_json(tmp_path / layout("interpret_reports", "embedded", m, s) / "summary.json", summary)
+    table = collect_results(["deeplab", "protoseg"], seeds, tmp_path)["table"]
+    assert table.loc["protoseg", "deletion AUC own mean"] == pytest.approx(0.25)
+    assert table.loc["protoseg", "deletion AUC own std"] == pytest.approx(np.std([0.2, 0.3], ddof=1))
+    assert table.loc["deeplab", "deletion AUC Grad-CAM mean"] == pytest.approx(1.375)
+    shown = display_table(table)
+    assert shown.loc["deeplab", "deletion AUC own"] == "—" and shown.loc["protoseg", "insertion AUC own"] == "0.750 ± 0.071"
