@@ -1,5 +1,5 @@
 """Are the explanations true? Deletion and insertion curves, relevance mass and the pointing game
-(docs/method.md §11), written here (no attribution library: see there why).
+(docs/method.md §13), written here (no attribution library: see there why).
 
 A segmenter decides on its output-stride feature grid (8 × 8 pixels per cell for the trunks here), so the
 perturbation unit is one **cell of the model's own output grid** (pixel (y, x) belongs to cell
