@@ -85,6 +85,24 @@ def test_vectorised_curves_and_auc_equal_a_naive_loop(params):
     assert fa.auc(got["deletion"], counts / 9, s0) == pytest.approx(naive_auc(want_del, counts, 9), rel=1e-4)
 
 
+def test_the_inverse_shortcut_equals_computing_its_curves(params):
+    """The inverse ranking's curves, taken from the map's curves read backwards, equal computing them."""
+    model, _ = tiny_model(params, "scaleprotoseg", 3, seed=6)
+    x = torch.randn(1, 3, 40, 40, generator=torch.Generator().manual_seed(2))
+    cells = fa.cell_index((40, 40), tuple(model.predict_logits(x).shape[-2:]))
+    n = int(cells.max()) + 1
+    pred = fa.predicted(model, x)
+    c = int(np.bincount(pred.ravel()).argmax())
+    mask = torch.as_tensor(pred == c)
+    order = fa.ranking(torch.randn(n, generator=torch.Generator().manual_seed(3)), np.random.default_rng(1))
+    counts = fa.step_counts(n, steps=5)
+    assert np.array_equal(counts, n - counts[::-1])
+    fwd = fa.curves(model, x, c, mask, cells, order, counts, torch.zeros_like(x))
+    inv = fa.curves(model, x, c, mask, cells, order.flip(0), counts, torch.zeros_like(x))
+    np.testing.assert_allclose(inv["deletion"], fwd["insertion"][::-1], rtol=1e-5)
+    np.testing.assert_allclose(inv["insertion"], fwd["deletion"][::-1], rtol=1e-5)
+
+
 def test_cells_follow_the_output_grid():
     cells = fa.cell_index((16, 16), (2, 2))
     assert cells[:8, :8].unique().tolist() == [0] and cells[8:, 8:].unique().tolist() == [3]
@@ -174,12 +192,17 @@ def test_the_loop_runs_on_prototype_models_and_deeplab(params):
         model, _ = tiny_model(params, method, 3, seed=4)
         x = (torch.as_tensor(data.images[0]).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
         vary_head(model, x)
-        res = fa.evaluate_faithfulness(fa.explainers(model, deeplab), data, data_cfg, "cpu", seed=0, n_images=2, steps=4)
+        # 24 × 24 images: 9 cells, and 3 steps count them symmetrically (the inverse's curves are the map's reversed)
+        res = fa.evaluate_faithfulness(fa.explainers(model, deeplab), data, data_cfg, "cpu", seed=0, n_images=2, steps=3)
         assert set(res.metrics) == {"own", "gradcam", "inverse", "random", "deeplab_gradcam", "deeplab_inverse", "deeplab_random"}
         assert res.metrics["own"]["n"] > 0 and res.metrics["deeplab_gradcam"]["model"] == "deeplab"
         assert res.rows["image"].nunique() == 2
         for name, (frac, d, i) in res.curves.items():
             assert frac[0] == 0 and frac[-1] == 1 and d[0] == pytest.approx(1) and i[-1] == pytest.approx(1), name
+        for (d, i), (di, ii) in [((res.metrics[a]["deletion_auc"], res.metrics[a]["insertion_auc"]),
+                                   (res.metrics[b]["deletion_auc"], res.metrics[b]["insertion_auc"]))
+                                  for a, b in (("own", "inverse"), ("deeplab_gradcam", "deeplab_inverse"))]:
+            assert di == pytest.approx(i, abs=2e-4) and ii == pytest.approx(d, abs=2e-4)  # the order reversed
         head = fa.headline(res.metrics)
         assert head["faith_deletion_auc"] == res.metrics["own"]["deletion_auc"]
         assert head["faith_gradcam_insertion_auc"] == res.metrics["gradcam"]["insertion_auc"]

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-STEPS = 16  # points of a curve after the unperturbed one
+STEPS = 10  # points of a curve after the unperturbed one (a step: 10 % of the cells)
 BATCH = 32  # perturbed images per forward pass
 MIN_SHARE = 0.01  # a predicted class is explained when it covers at least this share of the image
 MAX_CLASSES = 3  # predicted classes explained per image, largest first (background last)
@@ -155,7 +155,8 @@ class Explainer:
 
 
 def explainers(model, gradcam_model=None) -> list[Explainer]:
-    """The explanation types compared on a prototype model (`model`) or on DeepLab alone (`model` None)."""
+    """The explanation types compared on a prototype model (`model`) and / or on DeepLab (`gradcam_model`).
+    The interpret stage measures DeepLab's once, in the deeplab method's stage (the same seeded images)."""
     from ..interpretability import similarity_maps
     from .gradcam import gradcam_maps
 
@@ -203,7 +204,7 @@ def evaluate_faithfulness(explain: list[Explainer], dataset, data_cfg, device, s
 
     rng = np.random.default_rng([seed, 24])
     chosen = sorted(rng.permutation(len(dataset))[: min(n_images, len(dataset))].tolist())
-    rows, traces = [], {e.name: ([], []) for e in explain}
+    rows, traces = [], {e.name: ([], [], []) for e in explain}
     for i in chosen:
         image, label = dataset.sample(i)
         x = eval_transform(image, data_cfg.eval_size, data_cfg.eval_short_side, data_cfg.mean, data_cfg.std)[None].to(device)
@@ -215,6 +216,7 @@ def evaluate_faithfulness(explain: list[Explainer], dataset, data_cfg, device, s
         baseline = torch.zeros_like(x)  # the normalisation mean colour
         by_model: dict[int, tuple] = {}
         maps: dict[str, dict[int, torch.Tensor]] = {}
+        done: dict[tuple[str, int], tuple] = {}  # (explainer, class) → (cell order, curves)
         for e in explain:
             if id(e.model) not in by_model:
                 e.model.eval()
@@ -236,9 +238,19 @@ def evaluate_faithfulness(explain: list[Explainer], dataset, data_cfg, device, s
             counts = step_counts(n_cells, steps)
             for c in classes:
                 mask = torch.as_tensor(pred == c, device=device)
-                order = ranking(cell_scores(emaps[c], cells, n_cells), np.random.default_rng([seed, 24, i, c, 1]))
-                cur = curves(e.model, x, c, mask, cells, order, counts, baseline, ends.get(c))
+                if e.invert:  # the inverted map's order is the map's order reversed (ties too)
+                    order = done[(e.invert, c)][0].flip(0)
+                else:
+                    order = ranking(cell_scores(emaps[c], cells, n_cells), np.random.default_rng([seed, 24, i, c, 1]))
+                if e.invert and np.array_equal(counts, n_cells - counts[::-1]):
+                    # deleting the first counts[t] cells of the reversed order keeps the first counts[T − t] of
+                    # the map's order: the map's insertion curve read backwards, and vice versa
+                    base = done[(e.invert, c)][1]
+                    cur = {**base, "deletion": base["insertion"][::-1].copy(), "insertion": base["deletion"][::-1].copy()}
+                else:
+                    cur = curves(e.model, x, c, mask, cells, order, counts, baseline, ends.get(c))
                 ends[c] = cur["ends"]
+                done[(e.name, c)] = (order, cur)
                 frac = counts / n_cells
                 row = {"image": dataset.ids[i], "class": dataset.meta.classes[c], "explainer": e.name,
                        "deletion_auc": auc(cur["deletion"], frac, cur["s0"]),
@@ -250,15 +262,15 @@ def evaluate_faithfulness(explain: list[Explainer], dataset, data_cfg, device, s
                 rows.append(row)
                 traces[e.name][0].append(cur["deletion"] / cur["s0"])
                 traces[e.name][1].append(cur["insertion"] / cur["s0"])
+                traces[e.name][2].append(frac)
     table = pd.DataFrame(rows, columns=["image", "class", "explainer", *METRICS, "score"])
-    frac = np.linspace(0, 1, steps + 1)
     metrics, mean_curves = {}, {}
     for e in explain:
         part = table[table["explainer"] == e.name]
         metrics[e.name] = {"model": "deeplab" if e.name.startswith("deeplab") else "self", "n": int(len(part)),
                            **{k: (round(float(part[k].mean()), 4) if part[k].notna().any() else None) for k in METRICS}}
         if traces[e.name][0]:
-            mean_curves[e.name] = (frac, np.mean(traces[e.name][0], 0), np.mean(traces[e.name][1], 0))
+            mean_curves[e.name] = tuple(np.mean(t, 0) for t in (traces[e.name][2], *traces[e.name][:2]))
     return FaithfulnessResult(metrics, table, mean_curves)
 
 

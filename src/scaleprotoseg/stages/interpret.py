@@ -81,10 +81,11 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
 
 def _faithfulness(cfg: RunConfig, model, gradcam, data_root: Path, device, details: Path, progress: bool) -> dict:
     """Are the explanations true (docs/method.md §13)? Deletion / insertion AUCs, relevance mass and pointing
-    game of the prototype model's own map, Grad-CAM on it, DeepLab's Grad-CAM (on DeepLab), random and
-    inverted rankings, on `eval.faithfulness_images` seeded validation images: the headline keys
-    (`faith_…`) and every explainer's means for summary.json, the rows in `details/faithfulness.csv`, the
-    mean curves in `details/faithfulness.png`. `model` None: DeepLab's Grad-CAM alone (method deeplab)."""
+    game of the prototype model's own map, Grad-CAM on it, random and inverted rankings, on
+    `eval.faithfulness_images` seeded validation images: the headline keys (`faith_…`) and every explainer's
+    means for summary.json, the rows in `details/faithfulness.csv`, the mean curves in
+    `details/faithfulness.png`. `model` None (method deeplab): DeepLab's Grad-CAM, random and inverted, on
+    the same images (measured there once, not again in each prototype method's stage)."""
     from ..explain import faithfulness as fa
     from ..explain.figures import faithfulness_figure
 
@@ -93,7 +94,7 @@ def _faithfulness(cfg: RunConfig, model, gradcam, data_root: Path, device, detai
         return {"faithfulness_note": "not measured: eval.faithfulness_images is 0" if n <= 0 else
                 "not measured: no DeepLab model to explain"}
     t0 = time.perf_counter()
-    res = fa.evaluate_faithfulness(fa.explainers(model, gradcam), PreparedDataset(data_root, "val"), cfg.data,
+    res = fa.evaluate_faithfulness(fa.explainers(model, gradcam if model is None else None), PreparedDataset(data_root, "val"), cfg.data,
                                    device, cfg.seed, n)
     write_csv(res.rows.set_index(["image", "class", "explainer"]), details / "faithfulness.csv")
     plots.save_figure(faithfulness_figure(res.curves, title=f"{cfg.method} (seed {cfg.seed}): deletion and insertion "
