@@ -231,3 +231,18 @@ def test_report_gives_faithfulness_mean_std_over_seeds(tmp_path):
     assert table.loc["deeplab", "deletion AUC Grad-CAM mean"] == pytest.approx(1.375)
     shown = display_table(table)
     assert shown.loc["deeplab", "deletion AUC own"] == "—" and shown.loc["protoseg", "insertion AUC own"] == "0.750 ± 0.071"
+
+
+def test_faithfulness_figure_text_fits():
+    from scaleprotoseg.explain.figures import faithfulness_figure
+
+    from .figure_checks import text_problems
+
+    f = np.linspace(0, 1, 11)
+    curves = {n: (f, 1 - f**p, f**p) for n, p in (("own", 0.5), ("gradcam", 0.7), ("inverse", 2.0), ("random", 1.0))}
+    fig = faithfulness_figure(curves, title="scaleprotoseg (seed 1): deletion and insertion curves, mean over the "
+                                            "classes predicted on 4 seeded validation images")
+    assert text_problems(fig) == []
+    assert [t.get_text().split(" (")[0] for t in fig.axes[0].get_legend().get_texts()] == [
+        "own map", "Grad-CAM", "own map, inverted", "random"]
+    assert text_problems(faithfulness_figure({})) == []
