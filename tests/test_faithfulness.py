@@ -11,9 +11,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scaleprotoseg.config import load_config
 from scaleprotoseg.explain import faithfulness as fa
+from scaleprotoseg.interpretability import similarity_maps
+from scaleprotoseg.models.build import build_for
 
-from .test_explain import tiny_model, vary_head
+TINY = {"presets.embedded.model.width": 8, "presets.embedded.protoseg.features": 8,
+        "presets.embedded.scaleprotoseg.features": 8, "experiment.device": "cpu"}
+
+
+def tiny_model(params, method: str, K: int, seed: int = 0):
+    cfg = load_config(params, method=method, overrides=TINY)
+    torch.manual_seed(seed)
+    return build_for(cfg, K, offline=True).eval(), cfg
+
+
+@torch.no_grad()
+def vary_head(model, x: torch.Tensor, seed: int = 1) -> None:
+    """A random class head centred on the mean activation over `x`, so that the prediction varies over it."""
+    sim = similarity_maps(model, x)
+    gh = model.group_head
+    a = gh.group_activations(sim[None])[0] if gh is not None else sim
+    W = gh.head if gh is not None else model.last_layer
+    mean = a.mean((1, 2))
+    R = torch.randn(W.shape, generator=torch.Generator().manual_seed(seed))
+    R = R - (R @ mean)[:, None] * mean[None] / (mean @ mean)
+    W.copy_(R / (R @ (a - mean[:, None, None]).flatten(1)).std(1, keepdim=True))
 
 
 class KeyRegion(nn.Module):
@@ -246,3 +269,28 @@ def test_faithfulness_figure_text_fits():
     assert [t.get_text().split(" (")[0] for t in fig.axes[0].get_legend().get_texts()] == [
         "own map", "Grad-CAM", "own map, inverted", "random"]
     assert text_problems(faithfulness_figure({})) == []
+
+
+def test_gradcam_explains_a_prototype_model_as_a_hand_written_gradcam(params):
+    """Grad-CAM on a prototype model: the trunk's last stage, the class's logits through the prototype head."""
+    from scaleprotoseg.explain.gradcam import gradcam_maps
+
+    model, _ = tiny_model(params, "scaleprotoseg_groups", 3, seed=8)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    vary_head(model, x)
+    pred = fa.predicted(model, x)
+    got = gradcam_maps(model, x, [0, 1, 2])
+    store = {}
+    handle = model.backbone.layer5.register_forward_hook(lambda _, __, out: store.update(a=out) or out.retain_grad())
+    for c in range(3):
+        mask = torch.as_tensor(pred == c) if (pred == c).any() else torch.ones(32, 32, dtype=torch.bool)
+        with torch.enable_grad():
+            logits = F.interpolate(model.predict_logits(x), size=(32, 32), mode="bilinear", align_corners=False)
+            (logits[0, c] * mask).sum().backward()
+        a, g = store["a"][0], store["a"].grad[0]
+        cam = torch.relu((g.mean((1, 2))[:, None, None] * a).sum(0)).detach()
+        cam = cam / cam.max() if cam.max() > 0 else cam
+        want = F.interpolate(cam[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+        assert torch.allclose(got[c], want, atol=1e-5), c
+    handle.remove()
+    assert float(got.amax()) > 0.5  # compared on a non-zero map (upsampling keeps its maximum below 1)
