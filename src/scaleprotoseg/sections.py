@@ -255,9 +255,11 @@ class EvalConfig:
     n_examples: int  # predictions shown beside ground truth in the evaluation report
     max_images: int  # 0 = the whole validation split
     explorer_images: int = 20  # validation images in the interpret stage's explorer page
+    faithfulness_images: int = 4  # seeded validation images of the interpret stage's faithfulness curves (0: none)
 
     def check(self, where: str) -> None:
         positive(self.batch_size, f"{where}.batch_size")
+        non_negative(self.faithfulness_images, f"{where}.faithfulness_images")
         positive(self.explorer_images, f"{where}.explorer_images")
         positive(self.n_examples, f"{where}.n_examples")  # the evaluate stage declares its examples figure
         non_negative(self.max_images, f"{where}.max_images")

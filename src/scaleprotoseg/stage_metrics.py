@@ -26,7 +26,13 @@ def page_safe(datapoints: list[dict]) -> list[dict]:
     return [{k: v.translate(_PAGE_SAFE) if isinstance(v, str) else v for k, v in row.items()} for row in datapoints]
 
 
-HEADLINE = {"evaluate": ("miou", "pixel_accuracy", "prototypes_used"), "interpret": ("consistency", "stability")}
+# The headline numbers, as `dvc metrics show` names them: short names keep its table within 160 columns (one
+# column per name). summary.json keeps every number under its full name.
+HEADLINE = {
+    "evaluate": {"miou": "miou", "pixel_acc": "pixel_accuracy", "prototypes": "prototypes_used"},
+    "interpret": {"consistency": "consistency", "stability": "stability",  # the own map's faithfulness (§13):
+                  "del_auc": "faith_deletion_auc", "ins_auc": "faith_insertion_auc"},
+}
 
 
 def flat_params(config: dict, sep: str = ".") -> dict:
@@ -46,9 +52,9 @@ def write_results(report_dir: Path, summary: dict, stage: str, params: dict | No
     with atomic_dir(report_dir / "dvclive") as tmp:
         live = Live(str(tmp), save_dvc_exp=False, dvcyaml=None, report=None, resume=False)
         live.log_params(flat_params(params or {}))
-        for k in HEADLINE[stage]:
+        for name, k in HEADLINE[stage].items():
             if summary.get(k) is not None:
-                live.log_metric(k, float(summary[k]), plot=False)
+                live.log_metric(name, float(summary[k]), plot=False)
         for name, (datapoints, x, y, template) in (plots or {}).items():
             live.log_plot(name, page_safe(datapoints), x=x, y=y, template=template)
         live.end()

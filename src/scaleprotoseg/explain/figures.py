@@ -241,3 +241,35 @@ def nearest_figure(image, rows, patches, boxes, names, title: str, rates=None):
     fig.suptitle(f"{title}\nthe {k} nearest prototypes of each scale (distances compare only within a scale)",
                  fontsize=FONT + 2)
     return fig
+
+
+FAITH_LABELS = {"own": "own map", "gradcam": "Grad-CAM (this model)", "inverse": "own map, inverted",
+                "random": "random", "deeplab_gradcam": "Grad-CAM (DeepLab)", "deeplab_inverse": "Grad-CAM (DeepLab), inverted",
+                "deeplab_random": "random (DeepLab)"}
+
+
+def faithfulness_figure(curves: dict, title: str = ""):
+    """Mean deletion and insertion curves per explanation type: `curves[name] = (fraction of cells,
+    mean deletion score / s0, mean insertion score / s0)`, the area under each in the legend."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    if not curves:
+        for ax in axes:
+            ax.axis("off")
+        axes[0].text(0, 0.5, "No image with an explained class.", fontsize=FONT + 2)
+        return fig
+    pal = sns.color_palette("tab10", len(FAITH_LABELS))
+    for ax, j, what, better in ((axes[0], 1, "deletion", "lower"), (axes[1], 2, "insertion", "higher")):
+        for k, (name, c) in enumerate(curves.items()):
+            frac, y = c[0], c[j]
+            area = float(np.sum((y[1:] + y[:-1]) * np.diff(frac)) / 2)
+            style = "--" if name.startswith("deeplab") else "-"
+            ax.plot(frac, y, style, color=pal[list(FAITH_LABELS).index(name) if name in FAITH_LABELS else k],
+                    label=f"{FAITH_LABELS.get(name, name)} (AUC {area:.2f})")
+        ax.set_xlabel(f"fraction of output-grid cells {'removed' if what == 'deletion' else 'revealed'}", fontsize=FONT + 1)
+        ax.set_ylabel("class score / unperturbed score", fontsize=FONT + 1)
+        ax.set_title(f"{what} ({better} AUC: more faithful)", fontsize=FONT + 2)
+        ax.legend(fontsize=FONT - 1)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=FONT + 3)
+    return fig

@@ -31,8 +31,12 @@ WHERE_MODELS = ("a prototype model is the model.pt the project stage writes (art
 
 
 def head_logits(model: nn.Module, feats: torch.Tensor, size) -> torch.Tensor:
-    """(B, K, H, W) DeepLab logits from the trunk's output `feats`, upsampled bilinearly to `size`."""
-    return F.interpolate(model.aspp(feats), size=size, mode="bilinear", align_corners=False)
+    """(B, K, H, W) logits from the trunk's output `feats`, upsampled bilinearly to `size`: DeepLab's ASPP, or
+    a prototype segmenter's ASPP → sigmoid → prototype head (so Grad-CAM explains either model)."""
+    out = model.aspp(feats)
+    if getattr(model, "prototypes", None) is not None:
+        out = model.head(torch.sigmoid(out))["logits"]
+    return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
 
 def normalise_map(cam: torch.Tensor) -> torch.Tensor:
@@ -42,7 +46,8 @@ def normalise_map(cam: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam_maps(model: nn.Module, x: torch.Tensor, classes) -> torch.Tensor:
-    """(len(classes), H, W) Grad-CAM maps in [0, 1] of `model` (a DeepLabV2) for one input `x` (1, 3, H, W).
+    """(len(classes), H, W) Grad-CAM maps in [0, 1] of `model` (a DeepLabV2, or a prototype segmenter: the
+    same layer, its logits through the prototype head) for one input `x` (1, 3, H, W).
 
     Each class is scored over the pixels the model predicts as that class (the whole image when none). The
     layer is the last trunk stage, whose output is the ASPP head's input: the trunk runs once, and each

@@ -34,6 +34,10 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     if cfg.method == "deeplab":
         info["note"] = ("deeplab is the black-box baseline: no prototypes, so no consistency, stability, sparsity, "
                         "overlap or prototype figures.")
+        device = resolve_device(cfg.device)
+        meta = read_meta(data_root)
+        info.update(_faithfulness(cfg, None, _gradcam_model(deeplab_dir, device, meta.classes), data_root, device,
+                                  report_dir / "details", progress))
         write_results(report_dir, info, "interpret", params=cfg.to_dict())
         with atomic_path(report_dir / "details" / "README.txt") as tmp:
             tmp.write_text("deeplab has no prototypes: no interpretability tables or figures.\n")
@@ -62,6 +66,7 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     info["gradcam"] = gradcam is not None
     if gradcam is None:
         info["gradcam_note"] = f"no DeepLab model in {deeplab_dir}: the figures have no Grad-CAM comparison"
+    info.update(_faithfulness(cfg, model, gradcam, data_root, device, report_dir / "details", progress))
     usage = scale_usage(model, meta.classes)
     labels = _scale_names(cfg, usage.columns)
     write_results(report_dir, info, "interpret", params=cfg.to_dict(), plots={"scale_usage": (
@@ -72,6 +77,31 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     _interpret_figures(model, cfg, meta, names, Path(project_dir), report_dir / "details", data_root, gradcam,
                        usage, labels)
     return info
+
+
+def _faithfulness(cfg: RunConfig, model, gradcam, data_root: Path, device, details: Path, progress: bool) -> dict:
+    """Are the explanations true (docs/method.md §13)? Deletion / insertion AUCs, relevance mass and pointing
+    game of the prototype model's own map, Grad-CAM on it, random and inverted rankings, on
+    `eval.faithfulness_images` seeded validation images: the headline keys (`faith_…`) and every explainer's
+    means for summary.json, the rows in `details/faithfulness.csv`, the mean curves in
+    `details/faithfulness.png`. `model` None (method deeplab): DeepLab's Grad-CAM, random and inverted, on
+    the same images (measured there once, not again in each prototype method's stage)."""
+    from ..explain import faithfulness as fa
+    from ..explain.figures import faithfulness_figure
+
+    n = cfg.eval.faithfulness_images
+    if n <= 0 or (model is None and gradcam is None):
+        return {"faithfulness_note": "not measured: eval.faithfulness_images is 0" if n <= 0 else
+                "not measured: no DeepLab model to explain"}
+    t0 = time.perf_counter()
+    res = fa.evaluate_faithfulness(fa.explainers(model, gradcam if model is None else None), PreparedDataset(data_root, "val"), cfg.data,
+                                   device, cfg.seed, n)
+    write_csv(res.rows.set_index(["image", "class", "explainer"]), details / "faithfulness.csv")
+    plots.save_figure(faithfulness_figure(res.curves, title=f"{cfg.method} (seed {cfg.seed}): deletion and insertion "
+                                          f"curves, mean over the classes predicted on {n} seeded validation images"),
+                      details / "faithfulness.png")
+    return {**fa.headline(res.metrics), "faithfulness": res.metrics,
+            "faithfulness_seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _gradcam_model(deeplab_dir: Path | None, device, classes):

@@ -33,6 +33,13 @@ METRICS = (
     ("stability %", "interpret", "stability"),
     ("prototype overlap %", "interpret", "prototype_overlap"),
     ("group overlap %", "interpret", "group_overlap"),
+    # Faithfulness (docs/method.md §13): the model's own map (prototype methods), then Grad-CAM on the model itself
+    ("deletion AUC own", "interpret", "faith_deletion_auc"),
+    ("insertion AUC own", "interpret", "faith_insertion_auc"),
+    ("relevance mass own", "interpret", "faith_relevance_mass"),
+    ("deletion AUC Grad-CAM", "interpret", "faith_gradcam_deletion_auc"),
+    ("insertion AUC Grad-CAM", "interpret", "faith_gradcam_insertion_auc"),
+    ("relevance mass Grad-CAM", "interpret", "faith_gradcam_relevance_mass"),
     ("train s", "train", "seconds"),
 )
 
@@ -112,7 +119,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame(index=table.index)
     shown["seeds"] = table["seeds"]
     for c in cols:
-        digits = 0 if c in ("prototypes used", "train s") else 2
+        digits = 0 if c in ("prototypes used", "train s") else 3 if ("AUC" in c or "mass" in c) else 2
         shown[c] = [_mean_std(a, b, digits) for a, b in zip(table[f"{c} mean"], table[f"{c} std"])]
     return shown
 
@@ -142,7 +149,8 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
         notes = results.get("notes") or []  # why cells are empty (no part annotations, a black-box method)
         footnotes = "\n\n" + "\n".join(f"- {x}" for x in notes) if notes else ""
         tmp.write_text(f"# Results on `{dataset}`\n\nEach cell: {spread}. `—`: the method has no such quantity "
-                       f"(DeepLab has no prototypes).\n\n{shown.to_markdown(disable_numparse=True)}\n\n## mIoU % per seed\n\n"
+                       f"(DeepLab has no prototypes). Deletion / insertion AUC (lower / higher: more faithful) and "
+                       f"relevance mass: docs/method.md §13.\n\n{shown.to_markdown(disable_numparse=True)}\n\n## mIoU % per seed\n\n"
                        f"{by_seed.to_markdown(floatfmt='.2f')}{footnotes}{note}")
     with atomic_path(out_dir / "metrics.json") as tmp:  # `dvc metrics show/diff` compare these
         tmp.write_text(json.dumps({m: {"miou_mean": _num(table.loc[m, "mIoU % mean"]), "miou_std": _num(table.loc[m, "mIoU % std"]),

@@ -39,6 +39,7 @@ SMOKE = {
     "presets.embedded.deeplab.batch_size": 2,
     "presets.embedded.eval.n_examples": 2,
     "presets.embedded.eval.explorer_images": 2,
+    "presets.embedded.eval.faithfulness_images": 1,
     "presets.embedded.scaleprotoseg_groups.batch_size": 2,
     "presets.embedded.scaleprotoseg_groups.warmup_steps": 1,
     "presets.embedded.scaleprotoseg_groups.joint_steps": 2,
