@@ -34,7 +34,7 @@ from scaleprotoseg.models.prototypes import EPSILON, prototype_names
 from scaleprotoseg.paths import repo_root
 from scaleprotoseg.models.checkpoint import save_checkpoint
 
-from .figure_checks import text_problems
+from ..figure_checks import text_problems
 
 TINY = {"presets.embedded.model.width": 8, "presets.embedded.protoseg.features": 8,
         "presets.embedded.scaleprotoseg.features": 8, "experiment.device": "cpu"}

@@ -24,7 +24,9 @@ from configobj import ConfigObj
 from dvc_render.html import PAGE_HTML
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from scaleprotoseg.paths import repo_root
+
+ROOT = repo_root(Path(__file__).parent)
 PLOTS_TOOL = ROOT / "tools" / "plots"
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(

@@ -21,7 +21,7 @@ from scaleprotoseg.stages.prepare import prepare_dataset
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
 
-from .layouts import WRITERS, tiny_overrides
+from ..layouts import WRITERS, tiny_overrides
 
 EXPECTED = {  # classes, split sizes (train, val) and which have parts
     "pascal": (21, (4, 2), True),

@@ -15,13 +15,14 @@ import pytest
 import yaml
 
 from scaleprotoseg.closure import module_closure
+from scaleprotoseg.paths import repo_root
 from scaleprotoseg.stages.layout import LAYOUT
 from scaleprotoseg.stages.table import STAGES
 from scaleprotoseg.tools.dvc_deps import notebook_imports, regenerate
 
-from .repo_copy import copy_repository
+from ..repo_copy import copy_repository
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = repo_root(Path(__file__).parent)
 SRC = ROOT / "src"
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
 needs_dvc = pytest.mark.skipif(DVC is None, reason="dvc is not installed")

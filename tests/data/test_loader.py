@@ -14,7 +14,7 @@ from scaleprotoseg.data.prepared import DatasetMeta, write_prepared
 from scaleprotoseg.evaluation import evaluate
 from scaleprotoseg.models.build import build_for
 
-from .conftest import CLASSES, tiny_samples
+from ..conftest import CLASSES, tiny_samples
 
 SIZES = [(40, 40), (32, 48), (40, 40), (48, 32), (40, 40), (32, 48), (40, 40), (40, 40), (48, 32)]
 

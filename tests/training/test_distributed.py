@@ -20,7 +20,7 @@ from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
 from scaleprotoseg.models.checkpoint import load_checkpoint
 
-from .conftest import TINY_OVERRIDES
+from ..conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 

@@ -9,7 +9,7 @@ from torch import nn
 from scaleprotoseg.tools import cost
 from scaleprotoseg.config import load_config, set_key
 
-from .layouts import tiny_overrides
+from ..layouts import tiny_overrides
 
 
 def _cfg(params, method):

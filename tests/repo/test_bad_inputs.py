@@ -27,8 +27,8 @@ from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
 from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 
-from .conftest import TINY_OVERRIDES
-from .layouts import write_folder
+from ..conftest import TINY_OVERRIDES
+from ..layouts import write_folder
 
 DEEPLAB = {**TINY_OVERRIDES, "presets.embedded.deeplab.steps": 4, "presets.embedded.deeplab.batch_size": 2}
 PROTO = {**DEEPLAB, "presets.embedded.scaleprotoseg.warmup_steps": 1, "presets.embedded.scaleprotoseg.joint_steps": 1,

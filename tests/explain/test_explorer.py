@@ -20,7 +20,7 @@ from scaleprotoseg.explain.explorer import quantise, run_lengths, write_explorer
 from scaleprotoseg.models.build import build_model
 from scaleprotoseg.models.prototypes import prototype_names
 
-from .conftest import CLASSES
+from ..conftest import CLASSES
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 IMAGE = 1  # the validation image the browser test clicks on

@@ -13,7 +13,7 @@ from scaleprotoseg.data.convert import prepare_source
 from scaleprotoseg.data.prepared import PreparedDataset, read_meta
 from scaleprotoseg.errors import DataError
 
-from .layouts import PPP_SPEC
+from ..layouts import PPP_SPEC
 
 
 def _rgb(path, h=8, w=10, seed=0):

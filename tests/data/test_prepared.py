@@ -6,7 +6,7 @@ from scaleprotoseg.data.loader import StepBatchSampler, eval_loader, train_loade
 from scaleprotoseg.data.prepared import PreparedDataset, read_meta
 from scaleprotoseg.errors import ConfigError, DataError
 
-from .conftest import CLASSES, tiny_samples
+from ..conftest import CLASSES, tiny_samples
 
 
 def test_round_trip(tiny_dataset):
