@@ -46,6 +46,7 @@ def test_eval_loader_with_indices_yields_those_images(mixed_dataset, tiny_cfg):
 
 
 @pytest.mark.parametrize("data", [{}, {"eval_size": (36, 36)}, {"eval_short_side": 24}])
+@pytest.mark.slow  # evaluates a model per image and per batch
 def test_eval_batches_group_equal_shapes_and_give_the_same_confusion(mixed_dataset, tiny_cfg, data):
     cfg = replace(tiny_cfg.data, **data)
     one = eval_loader(mixed_dataset, "val", cfg, 1)

@@ -96,6 +96,7 @@ def test_pascal_protoseg_counts(pascal_protoseg):
     assert m.prototypes.proto_class.tolist() == [p // 10 for p in range(210)]
 
 
+@pytest.mark.slow  # a ResNet-101 forward at 321 px
 def test_pascal_eval_output_shape(pascal_scaleprotoseg):
     """One ResNet-101 forward on CPU; MSC is switched off here to keep it cheap (MSC's eval fusion keeps the
     full-scale shape, checked on the small backbone below)."""

@@ -25,6 +25,8 @@ from scaleprotoseg.models.checkpoint import load_checkpoint
 
 from ..conftest import CLASSES, TINY_OVERRIDES, tiny_samples
 
+pytestmark = pytest.mark.slow  # training subprocesses, killed and resumed
+
 REPO = repo_root(Path(__file__).parent)
 STEPS = 12
 # Run-time knobs only (no part of what the weights depend on): resume states at steps 4 and 8, a loss per step.
