@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make repro   set up .venv/ (if needed) and run the whole DVC pipeline
-#   make test    set up .venv/ (if needed) and run the unit tests and nbval over every notebook
+#   make test    set up .venv/ (if needed) and run every test (the slow ones too) and nbval over every notebook
+# make unit is the fast loop while editing: the tests not marked slow (no subprocess, none over ~2 s; every
+# module keeps fast tests), about 2 minutes on 2 cores.
 # make lock refreshes requirements.lock from environment.yml (the only target that needs the package index
 # besides the first set-up's downloads).
 
@@ -46,11 +48,14 @@ repro: setup
 	if git rev-parse -q --verify HEAD >/dev/null; then dvc exp save --force --name baseline dvc.yaml; \
 	else echo "make repro: no git commit, so no baseline experiment saved"; fi
 
+# Everything: unit tests, the slow ones (DVC, papermill, torchrun, headless Chromium…) and nbval over every
+# notebook (conftest.py gives the notebooks one shared smoke folder, so the tiny upstream models are trained once).
 test: setup
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider -q
 
+# The fast tests only (@pytest.mark.slow excluded).
 unit: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -m "not slow" -q
 
 nbval: setup
 	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q

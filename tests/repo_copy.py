@@ -7,7 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scaleprotoseg.paths import repo_root
+
+ROOT = repo_root(Path(__file__).parent)
 
 
 def copy_repository(dst: Path) -> Path:

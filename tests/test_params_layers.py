@@ -1,7 +1,7 @@
 """params.yaml's layers: the paper presets merge shared blocks (YAML anchors in `paper`, `<<: *name`), and what
 every stage reads is unchanged by how the file is written.
 
-tests/data/params_resolved.json was produced from params.yaml as it was before its shared paper settings were
+tests/fixtures/params_resolved.json was produced from params.yaml as it was before its shared paper settings were
 written once as anchors (every preset section written out in full). A deliberate change of a preset's value
 updates that JSON in the same commit (regenerate it with `_resolved(read_params("params.yaml"))`)."""
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ from scaleprotoseg.paths import repo_root
 from scaleprotoseg.schema import build
 from scaleprotoseg.sections import EmbeddedConfig
 
-FROZEN = repo_root() / "tests" / "data" / "params_resolved.json"
+FROZEN = Path(__file__).parent / "fixtures" / "params_resolved.json"
 
 
 def _plain(x):

@@ -6,7 +6,10 @@ after `dvc repro`, a notebook therefore works on the pipeline's real artifacts: 
 `layout.LAYOUT` where they are). `smoke=True` (what the tests ask for, through the `SCALEPROTOSEG_SMOKE=1`
 environment variable that `make test` sets) shrinks every size (`smoke.SMOKE`), rebases every path into a
 fresh temporary folder and builds the upstream artifacts the stage needs there, so a notebook runs on its own
-in seconds and never touches pipeline outputs. `dvc.yaml` passes `smoke=False`, the seed and the real paths
+in seconds and never touches pipeline outputs. With `SCALEPROTOSEG_SMOKE_ROOT` set (the tests set it to one
+folder per test session), the upstream artifacts are built in, or reused from, that shared folder instead,
+and the stage's own outputs go to a fresh subfolder of it: notebooks never re-train the same tiny models,
+and no notebook writes where another reads. `dvc.yaml` passes `smoke=False`, the seed and the real paths
 (relative to the repository DVC runs the stage in).
 """
 
@@ -26,6 +29,7 @@ from ..paths import repo_root
 from .layout import layout, resolve
 
 SMOKE_ENV = "SCALEPROTOSEG_SMOKE"
+SMOKE_ROOT_ENV = "SCALEPROTOSEG_SMOKE_ROOT"  # smoke mode's shared folder of upstream artifacts (one test session)
 
 
 def _smoke():
@@ -64,7 +68,7 @@ class StageContext:
     cfg: RunConfig
     params: dict
     paths: dict[str, Path]
-    root: Path
+    root: Path  # where the inputs are: the repository, or smoke mode's (shared) temporary folder
     smoke: bool
 
     def describe(self) -> pd.DataFrame:
@@ -75,6 +79,20 @@ class StageContext:
         return flat.set_index("key")
 
 
+def smoke_roots(name: str) -> tuple[Path, Path]:
+    """Smoke mode's folders for stage `name`: (where its inputs are built, where its own outputs go). One fresh
+    temporary folder for both, or with `SCALEPROTOSEG_SMOKE_ROOT` set, that shared folder (upstream artifacts
+    built once, reused by every later stage: `smoke.chain` skips what exists) and a fresh subfolder of it
+    for the outputs, so that a stage's outputs are never the inputs another stage reads."""
+    shared = os.environ.get(SMOKE_ROOT_ENV, "").strip()
+    if not shared:
+        root = Path(tempfile.mkdtemp(prefix=f"scaleprotoseg-smoke-{name}-"))
+        return root, root
+    root = Path(shared)
+    (root / "stages").mkdir(parents=True, exist_ok=True)
+    return root, Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root / "stages"))
+
+
 def stage(name: str, *, smoke: bool | None = None, params_path: str = "params.yaml", dataset: str | None = None,
           method: str = "deeplab", seed: int | None = None, paths: dict[str, str | None] | None = None) -> StageContext:
     """Resolve the config and folders of stage `name` (an entry of `table.STAGES`).
@@ -82,7 +100,8 @@ def stage(name: str, *, smoke: bool | None = None, params_path: str = "params.ya
     `paths` map a path key to a folder (relative to the repository root, or absolute); a value of None takes
     the pipeline's layout for the stage's key. `seed=None` is the first of `experiment.seeds`. With smoke
     mode (see `smoke_default`) the paths are rebased into a fresh temporary folder, every size shrinks and the
-    upstream artifacts of the stage are built there. Outside smoke mode, the stage's required inputs must
+    upstream artifacts of the stage are built there (in the shared `SCALEPROTOSEG_SMOKE_ROOT` when set, the
+    stage's own folders then in a fresh subfolder of it: see `smoke_roots`). Outside smoke mode, the stage's required inputs must
     exist (else: run `dvc repro` first)."""
     s = _spec(name)
     smoke = smoke_default(smoke)
@@ -90,7 +109,7 @@ def stage(name: str, *, smoke: bool | None = None, params_path: str = "params.ya
     if seed is None:
         seed = seed_list(params)[0]
     cfg = load_config(params, dataset=dataset, method=method, seed=int(seed))
-    root = Path(tempfile.mkdtemp(prefix=f"scaleprotoseg-smoke-{name}-")) if smoke else repo_root()
+    root, own = smoke_roots(name) if smoke else (repo_root(), repo_root())
     start = cfg.start.method if cfg.start is not None else None
     resolved = {}
     for k, v in (paths or {}).items():
@@ -98,7 +117,7 @@ def stage(name: str, *, smoke: bool | None = None, params_path: str = "params.ya
             if k not in s.paths:
                 raise KeyError(f"stage {name!r} has no path {k!r}; its paths are {', '.join(s.paths)} (stages/table.py).")
             v = layout(s.paths[k], cfg.dataset, cfg.method, cfg.seed, start)
-        resolved[k] = Path(v) if Path(v).is_absolute() else root / v
+        resolved[k] = Path(v) if Path(v).is_absolute() else (root if k in s.inputs else own) / v
     if smoke:
         _smoke().build_inputs(name, cfg, params, root)
     else:

@@ -7,7 +7,9 @@
   32-px crops, a few steps per phase), for the tests that run a real dataset layout through the stages.
 
 `build_inputs` builds, under a temporary root and with the pipeline's layout, the artifacts a stage reads, by
-running the upstream stages' own functions (`table.STAGES`). `context` imports this module with importlib,
+running the upstream stages' own functions (`table.STAGES`); what a root already holds complete (a prepared
+dataset, a trained or projected model, an evaluation) is reused, so one root can serve many stages
+(`context.smoke_roots`). `context` imports this module with importlib,
 so that no stage counts smoke mode, its sizes or the other stages as code it depends on (dvc.yaml never runs
 smoke mode; see `closure`).
 """
@@ -106,7 +108,9 @@ def build_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
     keys = set(s.inputs.values())
     if not keys and not s.fan_in:
         return
-    _function("prepare")(params, cfg.dataset, _paths(cfg, root)["prepared"])
+    prepared = _paths(cfg, root)["prepared"]
+    if not (prepared / "meta.json").is_file():  # written last, and the folder appears whole (atomic_dir)
+        _function("prepare")(params, cfg.dataset, prepared)
     if s.fan_in:  # the report works without interpretability metrics (its columns stay empty)
         for m in method_names(params):
             for seed in seed_list(params):
@@ -121,15 +125,23 @@ def build_inputs(name: str, cfg: RunConfig, params: dict, root: Path) -> None:
         chain(load_config(params, dataset=cfg.dataset, method="deeplab", seed=cfg.seed), root, upto="train")
 
 
+# What each step of CHAIN writes last: its presence means the step finished (the writes are atomic).
+LAST_WRITTEN = {"train": "train_summary.json", "project": "projection.json", "evaluate_reports": "summary.json"}
+
+
 def chain(cfg: RunConfig, root: Path, upto: str) -> None:
-    """Run train (groups) → project → evaluate for `cfg.method` under `root`, up to and including `upto`."""
+    """Run train (groups) → project → evaluate for `cfg.method` under `root`, up to and including `upto`,
+    skipping each step that `root` already holds finished."""
     p = _paths(cfg, root)
-    if (p["evaluate_reports"] / "summary.json").is_file() or (upto == "project" and (p["project"] / "model.pt").is_file()):
+    steps = CHAIN[: CHAIN.index(upto) + 1]
+    if (p[upto] / LAST_WRITTEN[upto]).is_file():
         return
-    if cfg.start is not None:
-        chain(cfg.start, root, upto="project")
-    _run("groups" if cfg.start is not None else "train", cfg, root)
-    if upto in ("project", "evaluate_reports"):
-        _run("project", cfg, root)
-    if upto == "evaluate_reports":
-        _run("evaluate", cfg, root)
+    for step in steps:
+        if (p[step] / LAST_WRITTEN[step]).is_file():
+            continue
+        if step == "train":
+            if cfg.start is not None:
+                chain(cfg.start, root, upto="project")
+            _run("groups" if cfg.start is not None else "train", cfg, root)
+        else:
+            _run("project" if step == "project" else "evaluate", cfg, root)

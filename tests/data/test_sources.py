@@ -13,7 +13,7 @@ from scaleprotoseg.data.convert import prepare_source
 from scaleprotoseg.data.prepared import PreparedDataset, read_meta
 from scaleprotoseg.errors import DataError
 
-from .layouts import PPP_SPEC
+from ..layouts import PPP_SPEC
 
 
 def _rgb(path, h=8, w=10, seed=0):
@@ -152,6 +152,7 @@ def test_layout_errors_say_what_is_expected(tmp_path):
         src.scan_folder(tmp_path)
 
 
+@pytest.mark.slow  # trains
 def test_folder_dataset_runs_through_the_stages_with_two_overrides(tmp_path, params):
     from scaleprotoseg.config import load_config, set_key
     from scaleprotoseg.stages.evaluate import evaluate_stage
@@ -425,7 +426,7 @@ def _coco_labels(root, lines):
 
 
 def test_coco_stuff_png_value_v_is_named_by_labels_txt_id_v_plus_one(tmp_path):
-    from .layouts import write_coco_stuff
+    from ..layouts import write_coco_stuff
 
     root = write_coco_stuff(tmp_path / "coco", n=3)
     _coco_labels(root, ["0: unlabeled"] + [f"{k}: {n}" for k, n in enumerate(COCO_NAMES, start=1)])
@@ -435,7 +436,7 @@ def test_coco_stuff_png_value_v_is_named_by_labels_txt_id_v_plus_one(tmp_path):
 
 
 def test_coco_stuff_labels_txt_in_another_format_is_refused_with_the_line(tmp_path):
-    from .layouts import write_coco_stuff
+    from ..layouts import write_coco_stuff
 
     root = write_coco_stuff(tmp_path / "coco", n=3)
     # without labels.txt: placeholder names, and a note that says so
@@ -466,7 +467,7 @@ ADE_NAMES = ["wall", "building, edifice", "sky", "floor, flooring", "tree", "cei
 
 
 def test_ade20k_names_come_from_object_info_txt_or_csv(tmp_path):
-    from .layouts import write_ade20k
+    from ..layouts import write_ade20k
 
     root = write_ade20k(tmp_path / "ade", n=3)
     base = root / "ADEChallengeData2016"
@@ -488,7 +489,7 @@ def test_ade20k_without_names_says_so(tmp_path, params, capsys):
     from scaleprotoseg.config import set_key
     from scaleprotoseg.stages.prepare import prepare_dataset
 
-    from .layouts import write_ade20k
+    from ..layouts import write_ade20k
 
     root = write_ade20k(tmp_path / "ade", n=3)
     source = src.scan_ade20k(root)
@@ -522,7 +523,7 @@ def test_uids_that_fit_no_format_are_reported_with_their_file(tmp_path):
     with pytest.raises(DataError, match=r"x_gtFinePanopticParts\.tif: values \[123\].*4–5 digits"):
         src.read_uids(tif)
     # through the preparation stage: the file is named
-    from .layouts import write_cityscapes
+    from ..layouts import write_cityscapes
 
     root = write_cityscapes(tmp_path / "cs", n=4)
     bad = next((root / "gtFinePanopticParts" / "val").glob("*/*.tif"))
@@ -561,7 +562,7 @@ def test_part_ids_not_declared_for_their_class_are_reported_with_their_file(tmp_
 def _folder_with_parts(root, parts_json=None):
     """The layouts' folder dataset (ground 10, box 20, stripe 30, void 99) with box parts top (1) / bottom (2)
     for every image but the last."""
-    from .layouts import write_folder
+    from ..layouts import write_folder
 
     write_folder(root, n=5)
     spec = json.loads((root / "classes.json").read_text())

@@ -8,7 +8,9 @@ import re
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scaleprotoseg.paths import repo_root
+
+ROOT = repo_root(Path(__file__).parent)
 PKG = ROOT / "src" / "scaleprotoseg"
 ENTRY = re.compile(r"^(\S+)")
 FILE = re.compile(r"(?<![\w./])([A-Za-z_][\w]*\.py)\b")

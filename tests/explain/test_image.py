@@ -34,7 +34,7 @@ from scaleprotoseg.models.prototypes import EPSILON, prototype_names
 from scaleprotoseg.paths import repo_root
 from scaleprotoseg.models.checkpoint import save_checkpoint
 
-from .figure_checks import text_problems
+from ..figure_checks import text_problems
 
 TINY = {"presets.embedded.model.width": 8, "presets.embedded.protoseg.features": 8,
         "presets.embedded.scaleprotoseg.features": 8, "experiment.device": "cpu"}
@@ -89,6 +89,7 @@ def inputs(image, cfg):
 # the command line
 
 
+@pytest.mark.slow  # runs python -m scaleprotoseg.explain
 def test_cli_explains_a_photograph_never_seen_in_training(tmp_path, params):
     """`python -m scaleprotoseg.explain` on scikit-image's astronaut with a grouped model and a DeepLab."""
     image = explain_image.sample_image(tmp_path / "in")
@@ -118,6 +119,7 @@ def test_cli_explains_a_photograph_never_seen_in_training(tmp_path, params):
     assert all(d["group"] is not None and d["weight"] > 0 for e in summary["explained"] for d in e["deciding_prototypes"])
 
 
+@pytest.mark.slow
 def test_cli_explains_an_embedded_validation_image_and_says_when_patches_are_missing(tmp_path, params, capsys):
     image, _ = embedded_image(params)
     Image.fromarray(image).save(tmp_path / "val0.jpg")
@@ -369,6 +371,7 @@ class OneImageSplit:
 
 
 @pytest.mark.parametrize("K", [2, 21, 150])
+@pytest.mark.slow  # figures for up to 150 classes
 def test_explanation_and_nearest_figures_have_no_text_problems(params, tmp_path, K):
     method = "scaleprotoseg_groups" if K == 21 else "scaleprotoseg"
     model, cfg = tiny_model(params, method, K)

@@ -20,7 +20,7 @@ from scaleprotoseg.explain.explorer import quantise, run_lengths, write_explorer
 from scaleprotoseg.models.build import build_model
 from scaleprotoseg.models.prototypes import prototype_names
 
-from .conftest import CLASSES
+from ..conftest import CLASSES
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 IMAGE = 1  # the validation image the browser test clicks on
@@ -185,6 +185,7 @@ def test_run_lengths_and_quantisation_round_trip():
     assert raw[:2].min() == 0 and raw[:2].max() == 255 and np.isfinite(back).all()
 
 
+@pytest.mark.slow
 def test_page_stores_maps_at_feature_resolution_for_predicted_classes(tmp_path, tiny_dataset, tiny_cfg):
     val = PreparedDataset(tiny_dataset, "val")
     model = _model(tiny_cfg, val, grouped=True)
@@ -274,6 +275,7 @@ def _chromium(browser, tmp_path, url, *extra) -> str:
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["prototypes", "groups"])
+@pytest.mark.slow  # headless Chromium
 def test_a_click_in_headless_chromium_shows_the_pixels_class_and_winner(tmp_path, tiny_dataset, tiny_cfg, grouped):
     browser = _browser()
     val = PreparedDataset(tiny_dataset, "val")

@@ -23,7 +23,9 @@ from scaleprotoseg.data.prepared import DatasetMeta, write_prepared
 from scaleprotoseg.paths import repo_root
 from scaleprotoseg.models.checkpoint import load_checkpoint
 
-from .conftest import CLASSES, TINY_OVERRIDES, tiny_samples
+from ..conftest import CLASSES, TINY_OVERRIDES, tiny_samples
+
+pytestmark = pytest.mark.slow  # training subprocesses, killed and resumed
 
 REPO = repo_root(Path(__file__).parent)
 STEPS = 12

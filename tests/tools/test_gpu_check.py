@@ -30,6 +30,7 @@ runpy.run_module("scaleprotoseg.tools.gpu_check", run_name="__main__")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.slow  # python -c
 def test_cpu_smoke_runs_with_only_torch_and_numpy(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": str(repo_root() / "src")}

@@ -27,8 +27,8 @@ from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
 from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 
-from .conftest import TINY_OVERRIDES
-from .layouts import write_folder
+from ..conftest import TINY_OVERRIDES
+from ..layouts import write_folder
 
 DEEPLAB = {**TINY_OVERRIDES, "presets.embedded.deeplab.steps": 4, "presets.embedded.deeplab.batch_size": 2}
 PROTO = {**DEEPLAB, "presets.embedded.scaleprotoseg.warmup_steps": 1, "presets.embedded.scaleprotoseg.joint_steps": 1,
@@ -295,6 +295,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,act,error,match", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow  # the workspace trains and projects a model
 def test_bad_input_is_named_and_loses_nothing(ws, tmp_path, name, act, error, match):
     before = digest(ws["out"])
     with pytest.raises(error, match=match):
@@ -307,6 +308,7 @@ def test_at_least_thirty_cases():
     assert len(CASES) >= 30
 
 
+@pytest.mark.slow  # trains
 def test_a_corrupt_resume_state_is_ignored_with_its_name(ws, tmp_path, capsys, params):
     cfg = load_config(params, dataset="embedded", overrides=DEEPLAB)
     out = tmp_path / "train"
@@ -318,6 +320,7 @@ def test_a_corrupt_resume_state_is_ignored_with_its_name(ws, tmp_path, capsys, p
     assert load_checkpoint(out / "model.pt")["step"] == 4 and not (out / "resume_train.pt").exists()
 
 
+@pytest.mark.slow  # trains
 def test_a_corrupt_finished_phase_is_recomputed(ws, tmp_path, capsys, params):
     cfg = load_config(params, dataset="embedded", method="scaleprotoseg", overrides=PROTO)
     out = tmp_path / "train"

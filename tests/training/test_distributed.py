@@ -20,7 +20,7 @@ from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
 from scaleprotoseg.models.checkpoint import load_checkpoint
 
-from .conftest import TINY_OVERRIDES
+from ..conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -72,6 +72,7 @@ def run_train(params, data, base, method, processes, start=None):
 
 
 @pytest.mark.parametrize("method", ["deeplab", "scaleprotoseg"])
+@pytest.mark.slow  # torchrun
 def test_two_processes_train_the_model_of_one(params, tiny_dataset, tmp_path, method):
     one = run_train(params, tiny_dataset, tmp_path, method, 1)
     two = run_train(params, tiny_dataset, tmp_path, method, 2)
@@ -82,6 +83,7 @@ def test_two_processes_train_the_model_of_one(params, tiny_dataset, tmp_path, me
     assert curves.is_dir()
 
 
+@pytest.mark.slow  # torchrun
 def test_projection_and_groups_with_two_processes(params, tiny_dataset, tmp_path):
     base = run_train(params, tiny_dataset, tmp_path, "scaleprotoseg", 1)
     outs = {}

@@ -54,6 +54,7 @@ def test_head_is_float32_under_bf16_autocast(params, method):
 
 
 @pytest.mark.parametrize("method", ["deeplab", "protoseg", "scaleprotoseg", "scaleprotoseg_groups"])
+@pytest.mark.slow  # fp32 and bf16 steps of every method
 def test_bf16_logits_and_loss_close_to_fp32(params, method):
     model, cfg = model_for(params, method)
     x, y = batch()

@@ -24,7 +24,9 @@ from configobj import ConfigObj
 from dvc_render.html import PAGE_HTML
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from scaleprotoseg.paths import repo_root
+
+ROOT = repo_root(Path(__file__).parent)
 PLOTS_TOOL = ROOT / "tools" / "plots"
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
@@ -320,6 +322,7 @@ def test_repo_config_points_dvc_at_the_offline_template():
     assert configured_template().is_file()
 
 
+@pytest.mark.slow  # runs the template tool
 def test_template_is_up_to_date_with_its_source_and_vendored_libraries(tmp_path):
     tool = [sys.executable, "tools/plots/build_template.py", "--check"]
     run(tool, ROOT)  # also checks the vendored versions are the ones the installed DVC expects
@@ -336,6 +339,7 @@ def test_template_is_up_to_date_with_its_source_and_vendored_libraries(tmp_path)
     assert tampered.returncode != 0 and "vega.min.js does not match the sha256" in tampered.stderr
 
 
+@pytest.mark.slow  # dvc plots in a tiny repository
 def test_pages_load_nothing_from_the_network(pages):
     def remote(entry):
         return [(n.tag, v) for n in entry["page"].iter() for k, v in n.attrs.items()
@@ -350,16 +354,19 @@ def test_pages_load_nothing_from_the_network(pages):
 
 
 @needs_chromium
+@pytest.mark.slow  # headless Chromium
 def test_show_page_draws_every_plot_offline(rendered):
     check_page(rendered["show"], EXPECTED_REVS["show"])
 
 
 @needs_chromium
+@pytest.mark.slow  # headless Chromium
 def test_diff_page_draws_both_revisions_offline(rendered):
     check_page(rendered["diff"], EXPECTED_REVS["diff"])
 
 
 @needs_chromium
+@pytest.mark.slow  # headless Chromium
 def test_control_dvc_default_page_stays_blank_offline(rendered):
     entry = rendered["default"]
     ids = vega_div_ids(entry["page"])

@@ -21,7 +21,7 @@ from scaleprotoseg.stages.prepare import prepare_dataset
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
 
-from .layouts import WRITERS, tiny_overrides
+from ..layouts import WRITERS, tiny_overrides
 
 EXPECTED = {  # classes, split sizes (train, val) and which have parts
     "pascal": (21, (4, 2), True),
@@ -42,6 +42,7 @@ def _params(params, dataset, raw):
 
 
 @pytest.mark.parametrize("dataset", sorted(WRITERS))
+@pytest.mark.slow  # each real layout through every stage (10-50 s each)
 def test_each_layout_runs_through_the_stages(tmp_path, params, dataset):
     raw = WRITERS[dataset](tmp_path / "data" / dataset)
     params = _params(params, dataset, raw)
@@ -67,6 +68,7 @@ def test_each_layout_runs_through_the_stages(tmp_path, params, dataset):
         assert info["consistency_evaluated"] > 0 and not math.isnan(info["stability"])
 
 
+@pytest.mark.slow  # papermill
 def test_notebooks_run_the_pascal_layout_like_dvc_does(tmp_path, params):
     """papermill runs the stage notebooks with the parameters dvc.yaml passes (smoke False), on a params file
     that names a raw VOC + Pascal-Panoptic-Parts folder."""

@@ -33,6 +33,7 @@ def resnet():
 
 
 @pytest.mark.parametrize("size,expected", [(321, 41), (513, 65), (512, 65)])
+@pytest.mark.slow  # ResNet-101 forwards up to 513 px
 def test_resnet101_output_sizes(resnet, size, expected):
     with torch.no_grad():
         out = resnet(torch.zeros(1, 3, size, size))
@@ -64,6 +65,7 @@ def test_small_backbone_matches_geometry():
             assert m(torch.zeros(1, 3, n, n)).shape == (1, 64, feature_size(n), feature_size(n))
 
 
+@pytest.mark.slow  # torchvision's ResNet-101 built
 def test_torchvision_weights_map_by_name_onto_every_trunk_tensor(resnet):
     tv = torchvision.models.resnet101(weights=None)
     torch.manual_seed(1)
@@ -105,6 +107,7 @@ def test_missing_weights_file_names_the_parameter(tmp_path):
         build_backbone("resnet101", pretrained_path=str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.slow  # a ResNet-101 saved and loaded
 def test_local_weights_file_is_loaded(tmp_path):
     tv = torchvision.models.resnet101(weights=None)
     path = tmp_path / "r101.pth"

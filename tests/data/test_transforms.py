@@ -64,3 +64,8 @@ def test_eval_input_size():
     assert eval_input_size(375, 500, (513, 513), None) == (513, 513)
     assert eval_input_size(375, 500, None, 512) == (512, 683)
     assert eval_input_size(375, 500, None, None) == (375, 500)
+
+
+def test_downsample_labels_is_identity_at_feature_resolution():
+    lab = torch.randint(0, 4, (2, 5, 6))
+    assert torch.equal(downsample_labels(lab, (5, 6)), lab)

@@ -38,6 +38,7 @@ def _final_state(path):
     return load_checkpoint(path)["state_dict"]
 
 
+@pytest.mark.slow  # trains
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_dataset, tiny_cfg, capsys):
     reference = tmp_path / "ref"
     train(tiny_cfg, tiny_dataset, reference, tmp_path / "ref_reports", progress=False)
@@ -60,8 +61,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_d
     assert got["train/loss"].iloc[:, -1].tolist() == pytest.approx(want["train/loss"].iloc[:, -1].tolist(), rel=1e-5)
 
 
+@pytest.mark.slow  # trains
 def test_resume_state_of_another_config_is_ignored(tmp_path, tiny_dataset, tiny_cfg, params):
-    from .conftest import TINY_OVERRIDES
+    from ..conftest import TINY_OVERRIDES
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
@@ -71,6 +73,7 @@ def test_resume_state_of_another_config_is_ignored(tmp_path, tiny_dataset, tiny_
     assert summary["phases"][0]["resumed"] == 0
 
 
+@pytest.mark.slow  # trains and evaluates
 def test_train_evaluate_and_curves(tmp_path, tiny_dataset, tiny_cfg):
     train(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "rep", progress=False)
     curves = read_curves(tmp_path / "rep" / "dvclive")
@@ -101,6 +104,7 @@ PROTO_TINY = {
 }
 
 
+@pytest.mark.slow  # trains
 def test_prototype_training_resumes_across_phases(tmp_path, tiny_dataset, params, capsys):
     cfg = load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
     train(cfg, tiny_dataset, tmp_path / "ref", tmp_path / "ref_rep", progress=False)
@@ -119,6 +123,7 @@ def test_prototype_training_resumes_across_phases(tmp_path, tiny_dataset, params
     assert len(curves["warmup/loss"]) == 2
 
 
+@pytest.mark.slow  # trains
 def test_finished_phases_are_reused_across_runtime_changes_and_discarded_with_the_reason(tmp_path, tiny_dataset,
                                                                                           params, capsys):
     cfg = load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
@@ -137,6 +142,7 @@ def test_finished_phases_are_reused_across_runtime_changes_and_discarded_with_th
     assert "[warmup] discarding" in out and "other `train` than this run has" in out and "already finished" not in out
 
 
+@pytest.mark.slow  # trains
 def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset, params):
     cfg = load_config(params, method="scaleprotoseg", overrides=PROTO_TINY)
     train(cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
@@ -161,6 +167,7 @@ def test_prototype_chain_projection_groups_and_threshold(tmp_path, tiny_dataset,
         train(other, tiny_dataset, tmp_path / "gt2", tmp_path / "gr2", progress=False, start_checkpoint=tmp_path / "p" / "model.pt")
 
 
+@pytest.mark.slow  # trains
 def test_a_checkpoint_from_an_older_config_layout_names_the_file_and_the_fix(tmp_path, tiny_dataset, tiny_cfg):
     train(tiny_cfg, tiny_dataset, tmp_path / "t", tmp_path / "r", progress=False)
     payload = load_checkpoint(tmp_path / "t" / "model.pt")

@@ -15,13 +15,14 @@ import pytest
 import yaml
 
 from scaleprotoseg.closure import module_closure
+from scaleprotoseg.paths import repo_root
 from scaleprotoseg.stages.layout import LAYOUT
 from scaleprotoseg.stages.table import STAGES
 from scaleprotoseg.tools.dvc_deps import notebook_imports, regenerate
 
-from .repo_copy import copy_repository
+from ..repo_copy import copy_repository
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = repo_root(Path(__file__).parent)
 SRC = ROOT / "src"
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
 needs_dvc = pytest.mark.skipif(DVC is None, reason="dvc is not installed")
@@ -39,6 +40,7 @@ SEED = yaml.safe_load((ROOT / "params.yaml").read_text())["experiment"]["seeds"]
 
 
 @needs_dvc
+@pytest.mark.slow  # runs dvc dag
 def test_dvc_graph_has_every_stage_per_seed_and_the_groups_start_from_scaleprotoseg_of_their_seed():
     text = dvc("dag", "--dot").stdout
     for m in ("deeplab", "protoseg", "scaleprotoseg"):
@@ -130,6 +132,7 @@ def test_figures_report_export_and_interpretability_code_are_no_dependency_of_tr
         assert f not in closure, f"{name} runs {f}"
 
 
+@pytest.mark.slow  # one python -c per stage
 def test_the_import_closure_holds_what_python_actually_loads():
     """An independent check of `module_closure`: the scaleprotoseg modules Python loads when importing a
     stage module are all in its closure (the closure also holds imports inside functions)."""

@@ -3,13 +3,14 @@ and the measured mode on CPU."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from scaleprotoseg.tools import cost
 from scaleprotoseg.config import load_config, set_key
 
-from .layouts import tiny_overrides
+from ..layouts import tiny_overrides
 
 
 def _cfg(params, method):
@@ -60,6 +61,7 @@ def test_phases_cost_what_they_train(params):
     assert fine < warm < joint and fine < 1.2 * fwd
 
 
+@pytest.mark.slow  # measures each preset
 def test_estimate_table_and_measured_mode(params):
     for m in ("scaleprotoseg",):
         _cfg(params, m)

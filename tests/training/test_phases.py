@@ -214,6 +214,7 @@ def naive_off_class_l1(weight, owner):
 
 @pytest.mark.parametrize("method", ["protoseg", "scaleprotoseg"])
 @pytest.mark.parametrize("phase", ["warmup", "joint", "finetune"])
+@pytest.mark.slow  # a real step per method and phase
 def test_stage1_logged_loss_is_ce_plus_kld_plus_l1(params, method, phase):
     from scaleprotoseg.losses import kld_loss, pixel_cross_entropy
     from scaleprotoseg.training.loop import run_phase

@@ -19,7 +19,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+from scaleprotoseg.paths import repo_root
+
+ROOT = repo_root(Path(__file__).parent)
 LOCK = ROOT / "requirements.lock"
 VENV = ROOT / ".venv"
 PROJECT = "scaleprotoseg"
