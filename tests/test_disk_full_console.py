@@ -51,6 +51,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_on_the_console_once(tmp_path, 
     assert err.count("could not write") == 1 and "model.pt" in err
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_the_message_reaches_the_console_of_papermill(tmp_path):
     """Under papermill the kernel's own stderr is the console's (what DVC shows when the notebook cannot be saved)."""
     nbformat = pytest.importorskip("nbformat")

@@ -31,6 +31,7 @@ def models(tmp_path_factory):
     return {**m, "groups_pkg": root / "groups_pkg", "pkg": root / "pkg"}
 
 
+@pytest.mark.slow  # trains its models (seconds)
 @pytest.mark.parametrize("which", ["pkg", "groups_pkg"])
 def test_package_round_trip_gives_the_stages_logits_bit_for_bit_on_the_validation_split(models, which):
     stage_model = {"pkg": models["project"], "groups_pkg": models["groups_project"]}[which] / "model.pt"
@@ -47,6 +48,7 @@ def test_package_round_trip_gives_the_stages_logits_bit_for_bit_on_the_validatio
             assert a.shape[1] == 3 and torch.equal(a, b)
 
 
+@pytest.mark.slow  # trains its models (seconds)
 def test_package_holds_the_hub_layout_and_a_card_with_the_evaluations_numbers(models):
     folder = models["groups_pkg"]
     assert {"model.safetensors", "config.json", "README.md", "patches.npz"} <= {p.name for p in folder.iterdir()}
@@ -130,6 +132,7 @@ def test_a_config_that_is_not_json_or_weights_that_do_not_fit_are_named(models, 
         load_pretrained(tmp_path / "absent")
 
 
+@pytest.mark.slow  # trains its models (seconds)
 def test_package_cli(models, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["--model", str(models["groups_project"] / "model.pt"), "--out", str(out),
@@ -140,6 +143,7 @@ def test_package_cli(models, tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # trains its models (seconds)
 def test_a_deeplab_package_round_trips_and_predicts_without_prototype_columns(tmp_path, tiny_dataset, tiny_cfg):
     import pandas as pd
     from PIL import Image
@@ -164,6 +168,7 @@ def test_a_deeplab_package_round_trips_and_predicts_without_prototype_columns(tm
     assert list(table.columns[-3:]) == [f"{c} %" for c in config["classes"]]
 
 
+@pytest.mark.slow  # trains its models (seconds)
 def test_the_card_carries_the_interpret_stages_metrics_and_the_gallery_is_copied(models, tmp_path):
     from PIL import Image
 

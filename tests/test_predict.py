@@ -40,6 +40,7 @@ def photos(tmp_path):
     return folder
 
 
+@pytest.mark.slow  # trains its models (seconds)
 def test_predict_a_folder_writes_masks_overlays_and_the_csv_and_reports_the_corrupt_file(models, photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--model", str(models["package"]), "--images", str(photos), "--out", str(out), "--overlay",
@@ -86,6 +87,7 @@ def test_strict_stops_before_writing_and_names_the_file(models, photos, tmp_path
     assert "broken.png" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow  # trains its models (seconds)
 def test_the_package_and_its_model_pt_predict_the_same_masks(models, photos, tmp_path):
     (photos / "broken.png").unlink()
     a = predict_folder(models["package"], photos, tmp_path / "a", device="cpu", progress=False)

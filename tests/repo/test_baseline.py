@@ -19,7 +19,7 @@ from scaleprotoseg.config import set_key
 from scaleprotoseg.paths import repo_root
 from scaleprotoseg.stages.smoke import SMOKE
 
-from .repo_copy import copy_repository
+from ..repo_copy import copy_repository
 
 pytestmark = pytest.mark.slow
 ROOT = repo_root()

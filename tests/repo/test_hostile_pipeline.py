@@ -16,7 +16,7 @@ from scaleprotoseg.closure import module_closure
 from scaleprotoseg.errors import ConfigError
 from scaleprotoseg.stages import check
 
-from .repo_copy import copy_repository
+from ..repo_copy import copy_repository
 from .test_dvc_pipeline import PRESET, ROOT, SEED, TINY, dvc, needs_dvc
 
 INJECTIONS = ("$(touch {x})1", "`touch {x}`", "; touch {x}", "' ; touch {x} ; '")
@@ -109,6 +109,7 @@ def tiny_copy(tmp_path: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow  # starts a subprocess
 @needs_dvc
 def test_dvc_runs_no_injected_command_and_names_the_key(tmp_path):
     repo = tiny_copy(tmp_path)

@@ -20,11 +20,11 @@ from scaleprotoseg.config import load_config
 from scaleprotoseg.errors import StageError
 from scaleprotoseg.stages.train import train
 
-from .conftest import TINY_OVERRIDES
+from ..conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and sys.platform.startswith("linux")),
                                 reason="torch.distributed on Linux (/proc) is needed")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LONG = {**TINY_OVERRIDES, "presets.embedded.deeplab.steps": 100000, "presets.embedded.deeplab.batch_size": 4,
         "presets.embedded.runtime.checkpoint_every": 100000, "experiment.gpus": 2}
 PARENT = """

@@ -259,7 +259,7 @@ def test_report_gives_faithfulness_mean_std_over_seeds(tmp_path):
 def test_faithfulness_figure_text_fits():
     from scaleprotoseg.explain.figures import faithfulness_figure
 
-    from .figure_checks import text_problems
+    from ..figure_checks import text_problems
 
     f = np.linspace(0, 1, 11)
     curves = {n: (f, 1 - f**p, f**p) for n, p in (("own", 0.5), ("gradcam", 0.7), ("inverse", 2.0), ("random", 1.0))}

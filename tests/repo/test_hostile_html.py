@@ -17,7 +17,7 @@ import pytest
 from scaleprotoseg.explain.explorer import script_json
 from scaleprotoseg.stage_metrics import write_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (Debian: apt-get install chromium)")
 HOSTILE = ["</script><script>window.__pwned=1</script>", "\"'><img src=x onerror=window.__pwned=1>",
