@@ -16,7 +16,7 @@ import time
 
 try:
     from tqdm.std import tqdm as _tqdm
-except ImportError:  # pragma: no cover - exercised by tests/test_gpu_check.py in a subprocess
+except ImportError:  # pragma: no cover - exercised by tests/tools/test_gpu_check.py in a subprocess
     _tqdm = None
 
 

@@ -56,7 +56,7 @@ BASELINE = {"protoseg": "deeplab", "scaleprotoseg": "deeplab", "scaleprotoseg_gr
 
 @dataclass(frozen=True)
 class Head:
-    """A preset's head: what the bench needs of it (params.yaml presets.<name>; tests/test_gpu_check.py
+    """A preset's head: what the bench needs of it (params.yaml presets.<name>; tests/tools/test_gpu_check.py
     checks these copies against params.yaml, which the GPU check cannot read without PyYAML)."""
 
     name: str

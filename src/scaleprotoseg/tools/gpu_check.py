@@ -46,7 +46,7 @@ from ..training.loop import LossStep, make_optimizer, run_phase
 from ..training.phases import loss_for, phase_spec, trunk_frozen
 
 # params.yaml presets.pascal resolved over defaults, copied here because a GPU machine may lack PyYAML
-# (tests/test_gpu_check.py checks every value against params.yaml). Random weights: pretrained is false.
+# (tests/tools/test_gpu_check.py checks every value against params.yaml). Random weights: pretrained is false.
 PASCAL_MODEL = ModelConfig(backbone="resnet101", width=64, pretrained=False, pretrained_path=None,
                            aspp_rates=(6, 12, 18, 24), freeze_bn=True, msc_scales=(0.5, 0.75))
 PASCAL_CROP = 321  # presets.pascal.data.crop
