@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from scaleprotoseg.config import load_config
+from scaleprotoseg.device import autocast, resolve_precision
 from scaleprotoseg.errors import ConfigError
 from scaleprotoseg.models.build import build_for
-from scaleprotoseg.device import autocast, resolve_precision
 from scaleprotoseg.training.phases import deeplab_loss, group_loss, stage1_loss
 
 OVER = {"presets.embedded.model.width": 8, "experiment.device": "cpu", "presets.embedded.model.msc_scales": [0.75],

@@ -652,8 +652,8 @@ def test_dvc_repro_evaluates_a_released_model_end_to_end(tmp_path):
     import shutil
 
     import yaml
-    from .layouts import write_folder
 
+    from .layouts import write_folder
     from .repo_copy import copy_repository
 
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "scaleprotoseg"
@@ -60,7 +60,7 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_closure(name: str) -> tuple[Path, ...]:
     """Sorted files of this package that importing `name` can execute, itself included."""
     seen: set[Path] = set()

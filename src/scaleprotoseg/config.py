@@ -20,9 +20,10 @@ import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .schema import build, check_keys, section, typed
@@ -85,7 +86,7 @@ class RunConfig:
     eval: EvalConfig
     runtime: RuntimeConfig
     extra: dict = field(default_factory=dict)  # the dataset's generator section (embedded), for checks
-    start: "RunConfig | None" = None  # the method this one starts from (scaleprotoseg_groups: scaleprotoseg)
+    start: RunConfig | None = None  # the method this one starts from (scaleprotoseg_groups: scaleprotoseg)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (training's autocast of the trunk and ASPP)
     gpus: int = 1  # training processes per node (torchrun --nproc_per_node)
     nodes: int = 1  # machines (torchrun --nnodes)
@@ -106,7 +107,7 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(d: Mapping[str, Any]) -> RunConfig:
         """Rebuild from `to_dict()` output (as stored in checkpoints)."""
         return RunConfig(
             dataset=d["dataset"],
@@ -145,7 +146,7 @@ def read_params(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} not found; run from the repository root or pass params_path.")
     try:
-        params = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 (a SafeLoader)
+        params = yaml.load(path.read_text(), Loader=Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
@@ -184,7 +185,7 @@ def set_key(params: dict, dotted: str, value: Any) -> None:
         node = node[k]
     valid = set(node)
     if len(keys) == 4 and keys[0] == "presets":
-        valid |= set(((params.get("defaults") or {}).get(keys[2]) or {}))
+        valid |= set((params.get("defaults") or {}).get(keys[2]) or {})
     if keys[-1] not in valid:
         raise ConfigError(f"Override {dotted!r}: no key {keys[-1]!r}; valid: {sorted(valid)}.")
     node[keys[-1]] = value

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from .progress import tqdm
 
+from .atomic import atomic_dir
 from .data.prepared import PreparedDataset, read_meta
 from .data.sources import CITYSCAPES_TRAINID_TO_LABELID, voc_palette
 from .data.transforms import eval_transform
 from .evaluation import predict
-from .atomic import atomic_dir
+from .progress import tqdm
 
 SERVERS = ("pascal", "cityscapes")
 
@@ -47,7 +47,7 @@ def export_test_predictions(model, data_root: Path, data_cfg, dataset: str, out_
                 img = Image.fromarray(pred, mode="P")
                 img.putpalette(palette.tolist())
             else:
-                stem = sid[len("test_"):] if sid.startswith("test_") else sid
+                stem = sid.removeprefix("test_")
                 path = tmp / stem.split("_")[0] / f"{stem}_pred_labelIds.png"
                 img = Image.fromarray(CITYSCAPES_TRAINID_TO_LABELID[pred], mode="L")
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ import torch
 from .config import PROTOTYPE_METHODS, RunConfig, load_config
 from .errors import ArtifactError, ConfigError, ScaleProtoSegError
 from .models.build import build_for
+from .models.checkpoint import save_checkpoint
 from .released.mapping import describe, to_ours
 from .released.unpickle import read_checkpoint
-from .models.checkpoint import save_checkpoint
 
 PHASE = "released"
 

@@ -83,7 +83,7 @@ class PartCounts:
     images: np.ndarray = field(default=None)  # (P,) images evaluated for stability
 
     @staticmethod
-    def zeros(P: int, n_parts: int) -> "PartCounts":
+    def zeros(P: int, n_parts: int) -> PartCounts:
         return PartCounts(np.zeros((P, n_parts)), np.zeros((P, n_parts)), np.zeros(P), np.zeros(P))
 
     def add(self, protos: np.ndarray, pres: np.ndarray, pres_noisy: np.ndarray | None = None) -> None:
@@ -159,8 +159,8 @@ def sparsity(model) -> dict:
 @dataclass
 class InterpretResult:
     metrics: dict
-    prototypes: "object"  # pandas DataFrame, one row per prototype
-    overlap: "object"  # pandas DataFrame, per class
+    prototypes: object  # pandas DataFrame, one row per prototype
+    overlap: object  # pandas DataFrame, per class
 
 
 @torch.no_grad()
@@ -177,10 +177,9 @@ def evaluate_interpretability(model, dataset, data_cfg, device, seed: int, names
                               tau: float = TAU, sigma: float = SIGMA, max_images: int = 0, progress: bool = True,
                               pruned_from: int | None = None) -> InterpretResult:
     """Consistency, stability, overlaps and sparsity of a prototype model over `dataset` (with part masks)."""
-    from .progress import tqdm
-
     from .data.prepared import VOID
     from .data.transforms import eval_transform
+    from .progress import tqdm
 
     model.eval()
     meta = dataset.meta

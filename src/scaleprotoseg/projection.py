@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from .progress import tqdm
 
 from .data.prepared import VOID, PreparedDataset
 from .data.transforms import downsample_labels
 from .models.prototypes import PrototypeSegmenter, log_similarity
+from .progress import tqdm
 from .sections import PROJECTION_RULES
 
 PATCH_SIZE = 64

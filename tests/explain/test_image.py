@@ -18,21 +18,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from scaleprotoseg.explain import figures as explain_figures
-from scaleprotoseg.explain import __main__ as cli
-from scaleprotoseg.explain import image as explain_image
-from scaleprotoseg.explain import maps as explain
 from scaleprotoseg.artifacts import read_patches
 from scaleprotoseg.config import embedded_spec, load_config
 from scaleprotoseg.data.synthetic import CLASSES as EMBEDDED_CLASSES
 from scaleprotoseg.data.synthetic import generate_sample
 from scaleprotoseg.data.transforms import normalise
+from scaleprotoseg.explain import __main__ as cli
+from scaleprotoseg.explain import figures as explain_figures
+from scaleprotoseg.explain import image as explain_image
+from scaleprotoseg.explain import maps as explain
 from scaleprotoseg.explain.gradcam import gradcam_maps
 from scaleprotoseg.interpretability import similarity_maps
 from scaleprotoseg.models.build import build_for
+from scaleprotoseg.models.checkpoint import save_checkpoint
 from scaleprotoseg.models.prototypes import EPSILON, prototype_names
 from scaleprotoseg.paths import repo_root
-from scaleprotoseg.models.checkpoint import save_checkpoint
 
 from ..figure_checks import text_problems
 

@@ -21,11 +21,11 @@ from PIL import Image
 
 from scaleprotoseg.config import data_source, load_config, set_key
 from scaleprotoseg.errors import ArtifactError, ConfigError, DataError, DivergenceError
+from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from scaleprotoseg.stages.evaluate import evaluate_stage
 from scaleprotoseg.stages.prepare import prepare_dataset
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
-from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 from ..conftest import TINY_OVERRIDES
 from ..layouts import write_folder

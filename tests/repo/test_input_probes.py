@@ -132,7 +132,7 @@ def test_a_full_disk_is_one_clear_message_naming_the_file_and_the_old_file_stays
             try:
                 raise OSError(errno.ENOSPC, "No space left on device")
             except OSError:
-                raise AttributeError("'_idat' object has no attribute 'fileno'")  # noqa: B904
+                raise AttributeError("'_idat' object has no attribute 'fileno'")
     assert target.read_text().strip().startswith('{\n  "old": true')
     with pytest.raises(ValueError, match="other"):  # any other error passes through unchanged
         with atomic_path(tmp_path / "c.json"):

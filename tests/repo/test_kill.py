@@ -20,8 +20,8 @@ import torch
 
 from scaleprotoseg.artifacts import read_curves
 from scaleprotoseg.data.prepared import DatasetMeta, write_prepared
-from scaleprotoseg.paths import repo_root
 from scaleprotoseg.models.checkpoint import load_checkpoint
+from scaleprotoseg.paths import repo_root
 
 from ..conftest import CLASSES, TINY_OVERRIDES, tiny_samples
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,12 +22,12 @@ def readme_commands(prefix: str = "dvc exp run") -> list[str]:
     in inline code."""
     text = (ROOT / "README.md").read_text()
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if line.startswith(prefix):
                 out.append(line)
-    prose = re.sub(r"```.*?```", "", text, flags=re.S).replace("\n", " ")
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL).replace("\n", " ")
     inline = [c.strip() for c in re.findall(r"`(" + re.escape(prefix) + r"[^`]*)`", prose)]
     return out + [c for c in inline if "=" in c and "<" not in c]  # not bare mentions nor `<placeholders>`
 

@@ -9,10 +9,10 @@ from scaleprotoseg.artifacts import provenance, read_curves
 from scaleprotoseg.config import RunConfig, load_config
 from scaleprotoseg.errors import ArtifactError
 from scaleprotoseg.models.build import build_model, load_model
+from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from scaleprotoseg.stages.evaluate import evaluate_stage
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
-from scaleprotoseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_checkpoint_round_trip_is_data_only(tmp_path, tiny_cfg):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from scaleprotoseg.tools import cost
 from scaleprotoseg.config import load_config, set_key
+from scaleprotoseg.tools import cost
 
 from ..layouts import tiny_overrides
 
@@ -50,7 +50,7 @@ def test_counted_forward_flop_of_deeplab_matches_a_per_layer_count(params):
 
 def test_phases_cost_what_they_train(params):
     cfg = _cfg(params, "scaleprotoseg")
-    m = lambda: cost._model(cfg, 21)  # noqa: E731
+    m = lambda: cost._model(cfg, 21)
     fwd = cost.count_tflop(m(), cfg, None, 2, (32, 32), train=False)
     warm = cost.count_tflop(m(), cfg, "warmup", 2, (32, 32))
     joint = cost.count_tflop(m(), cfg, "joint", 2, (32, 32))

@@ -13,10 +13,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from scaleprotoseg.tools import bench, gpu_check
 from scaleprotoseg.config import load_config, read_params
 from scaleprotoseg.losses import present_classes
 from scaleprotoseg.paths import repo_root
+from scaleprotoseg.tools import bench, gpu_check
 
 BLOCKED = ("tqdm", "PIL", "yaml", "pandas", "matplotlib", "dvc", "dvclive", "papermill")
 # None in sys.modules: `import x` raises ModuleNotFoundError and importlib.util.find_spec("x") is None, exactly

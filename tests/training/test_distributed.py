@@ -16,9 +16,9 @@ from scaleprotoseg.config import load_config
 from scaleprotoseg.data.loader import StepBatchSampler
 from scaleprotoseg.errors import ConfigError
 from scaleprotoseg.losses import batch_mean, pixel_cross_entropy, sharded_batch
+from scaleprotoseg.models.checkpoint import load_checkpoint
 from scaleprotoseg.stages.project import project
 from scaleprotoseg.stages.train import train
-from scaleprotoseg.models.checkpoint import load_checkpoint
 
 from ..conftest import TINY_OVERRIDES
 

@@ -96,9 +96,8 @@ def prepare_source(source: Source, out: Path, workers: int = 2, skip_corrupt: bo
     and converter are unchanged since the previous preparation at `out` is kept, not re-converted."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..progress import tqdm
-
     from ..atomic import atomic_dir
+    from ..progress import tqdm
     from .prepared import save_sample
 
     missing = source.missing()

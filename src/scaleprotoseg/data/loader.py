@@ -8,8 +8,8 @@ Evaluation batches whole images whose network input and label have the same shap
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -16,14 +16,14 @@ used for prototype projection, which may be a subset of `train`, as Pascal's `tr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from ..errors import DataError
 from ..atomic import atomic_dir
+from ..errors import DataError
 
 FORMAT = "scaleprotoseg-prepared-v1"
 VOID = 255

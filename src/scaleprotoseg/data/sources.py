@@ -30,15 +30,15 @@ class names (`class_names.py`). Label maps:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from .class_names import (  # noqa: F401 (re-exported: the tables live beside the names files' readers)
+from .class_names import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_LABELID_TO_TRAINID,
     CITYSCAPES_PARTS,
@@ -57,7 +57,15 @@ from .panoptic_parts import (  # noqa: F401 (re-exported)
     read_uids,
 )
 from .prepared import VOID
-from .readers import IMAGE_SUFFIXES, inside_root, lookup_table, read_image, read_index_png, read_text, voc_palette  # noqa: F401 (re-exported)
+from .readers import (  # noqa: F401 (re-exported)
+    IMAGE_SUFFIXES,
+    inside_root,
+    lookup_table,
+    read_image,
+    read_index_png,
+    read_text,
+    voc_palette,
+)
 
 CITYSCAPES_TABLE = lookup_table(CITYSCAPES_LABELID_TO_TRAINID)
 CITYSCAPES_TRAINID_TO_LABELID = lookup_table({v: k for k, v in CITYSCAPES_LABELID_TO_TRAINID.items()}, default=0)

@@ -38,9 +38,9 @@ returns the generator's record (placed objects, instance map) for tests and figu
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from scipy import ndimage

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,7 @@ def texture_path(name: str) -> Path:
     return Path(skimage.__file__).parent / "data" / TEXTURES[name].file
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source(name: str) -> np.ndarray:
     """Float32 source picture: standardised gray (H, W) for tinted textures, RGB in [0, 1] otherwise."""
     tex, path = TEXTURES[name], texture_path(name)

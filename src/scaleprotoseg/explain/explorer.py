@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..data.transforms import eval_transform
 from ..errors import ArtifactError
+from ..interpretability import similarity_maps
+from ..plots import class_palette
 from .maps import class_maps, class_members, class_weights, predict_from_sim, winner_map
 from .page import PAGE
-from ..interpretability import similarity_maps
-from ..atomic import atomic_path
-from ..plots import class_palette
 
 SALIENCY_SIDE = 64  # saliency maps are smooth: stored at most this many pixels a side
 

@@ -267,7 +267,7 @@ def evaluate_faithfulness(explain: list[Explainer], dataset, data_cfg, device, s
     metrics, mean_curves = {}, {}
     for e in explain:
         part = table[table["explainer"] == e.name]
-        metrics[e.name] = {"model": "deeplab" if e.name.startswith("deeplab") else "self", "n": int(len(part)),
+        metrics[e.name] = {"model": "deeplab" if e.name.startswith("deeplab") else "self", "n": len(part),
                            **{k: (round(float(part[k].mean()), 4) if part[k].notna().any() else None) for k in METRICS}}
         if traces[e.name][0]:
             mean_curves[e.name] = tuple(np.mean(t, 0) for t in (traces[e.name][2], *traces[e.name][:2]))

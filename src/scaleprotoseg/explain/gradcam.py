@@ -15,7 +15,6 @@ checkpoint of this project, with one clear error naming the file).
 from __future__ import annotations
 
 import warnings
-
 from pathlib import Path
 
 import torch

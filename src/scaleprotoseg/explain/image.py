@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import figures, maps
-from .gradcam import WHERE_MODELS, load_gradcam_model, read_checkpoint
 from ..artifacts import final_checkpoint, read_patches
+from ..atomic import write_json
 from ..config import PROTOTYPE_METHODS
 from ..data.transforms import normalise
+from ..device import resolve_device
 from ..errors import ArtifactError, ConfigError, DataError
-from ..atomic import write_json
 from ..models.build import load_model
 from ..package import patches_dir
 from ..plots import save_figure
-from ..device import resolve_device
+from . import figures, maps
+from .gradcam import WHERE_MODELS, load_gradcam_model, read_checkpoint
 
 
 def read_image(path: str | Path, size: int = 512) -> np.ndarray:

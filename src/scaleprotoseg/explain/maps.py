@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import plots
-from . import figures
 from ..data.prepared import VOID
 from ..data.transforms import eval_transform
 from ..interpretability import similarity_maps, upsample
+from . import figures
 
 MAX_DECIDING = 6  # source patches shown per explained class
 

@@ -8,8 +8,8 @@ from torch import nn
 
 from ..config import ModelConfig, RunConfig
 from ..errors import ArtifactError, ConfigError
-from .checkpoint import load_checkpoint
 from .backbone import build_backbone, freeze_batchnorm
+from .checkpoint import load_checkpoint
 from .deeplab import DeepLabV2
 from .prototypes import PrototypeSegmenter
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArtifactError, DivergenceError, on_console
 from ..atomic import atomic_path
+from ..errors import ArtifactError, DivergenceError, on_console
 
 FORMAT = "scaleprotoseg-checkpoint-v1"
 

@@ -11,15 +11,15 @@ import pandas as pd
 
 from .. import plots
 from ..artifacts import final_checkpoint
+from ..atomic import write_csv
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
+from ..device import resolve_device
 from ..evaluation import evaluate
-from ..atomic import write_csv
 from ..metrics.segmentation import summarise
 from ..models.build import load_model
 from ..stage_metrics import write_results
-from ..device import resolve_device
 
 
 def evaluate_stage(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, report_dir: Path, progress: bool = True) -> dict:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..artifacts import final_checkpoint
 from ..config import RunConfig
-from ..models.build import load_model
 from ..device import resolve_device
+from ..models.build import load_model
 
 
 def export(cfg: RunConfig, data_root: Path, train_dir: Path, project_dir: Path, out_dir: Path, progress: bool = True) -> dict:

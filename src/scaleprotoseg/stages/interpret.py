@@ -9,13 +9,13 @@ from pathlib import Path
 
 from .. import plots
 from ..artifacts import read_patches
+from ..atomic import atomic_path, read_json, write_csv
 from ..config import RunConfig
 from ..data.prepared import PreparedDataset, read_meta
+from ..device import resolve_device
 from ..interpretability import group_composition, scale_usage
-from ..atomic import atomic_path, read_json, write_csv
 from ..models.build import load_model
 from ..stage_metrics import write_results
-from ..device import resolve_device
 
 
 def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Path, progress: bool = True,

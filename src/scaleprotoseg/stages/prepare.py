@@ -10,11 +10,11 @@ import pandas as pd
 from PIL import Image
 from skimage.color import label2rgb
 
+from ..atomic import atomic_path
 from ..config import data_source, embedded_spec
 from ..data.prepared import VOID, PreparedDataset, read_meta
 from ..data.synthetic import generate
 from ..errors import ConfigError
-from ..atomic import atomic_path
 from .layout import resolve
 
 

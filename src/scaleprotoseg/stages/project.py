@@ -11,16 +11,16 @@ import numpy as np
 import torch
 
 from ..artifacts import copy_projection_records
+from ..atomic import atomic_dir, atomic_path, read_json, write_csv, write_json
 from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
-from ..errors import ArtifactError
-from ..atomic import atomic_dir, atomic_path, read_json, write_csv, write_json
-from ..models.build import load_model
-from ..training import distributed
-from ..models.checkpoint import save_checkpoint
-from ..training.live import LiveLogger
 from ..device import resolve_device
+from ..errors import ArtifactError
+from ..models.build import load_model
+from ..models.checkpoint import save_checkpoint
+from ..training import distributed
+from ..training.live import LiveLogger
 from . import launch
 from .seeding import seed_everything
 

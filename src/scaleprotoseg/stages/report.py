@@ -12,8 +12,8 @@ import pandas as pd
 
 from .. import plots
 from ..artifacts import read_curves, read_patches
-from ..errors import ArtifactError
 from ..atomic import atomic_path, read_json, write_csv
+from ..errors import ArtifactError
 from .layout import layout
 
 # The paper's validation mIoU: mean ± std over 3 runs (DeepLab-v2: the published single figure).

@@ -11,16 +11,16 @@ import pandas as pd
 import torch
 
 from ..artifacts import copy_projection_records
+from ..atomic import read_json, write_json
 from ..config import LAUNCH_KEYS, RunConfig
 from ..data.loader import eval_loader, val_subset
 from ..data.prepared import read_meta
-from ..errors import ArtifactError
-from ..atomic import read_json, write_json
-from ..models.build import build_for, load_model
-from ..training import distributed
-from ..models.checkpoint import save_checkpoint
-from ..training.live import LiveLogger
 from ..device import resolve_device, resolve_precision
+from ..errors import ArtifactError
+from ..models.build import build_for, load_model
+from ..models.checkpoint import save_checkpoint
+from ..training import distributed
+from ..training.live import LiveLogger
 from ..training.phases import METHOD_PHASES, phase_steps
 from ..training.runner import run_phases
 from . import launch

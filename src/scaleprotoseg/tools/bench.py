@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from ..config import GroupTrainConfig, ModelConfig, ProjectConfig, PrototypeTrainConfig
+from ..device import autocast
 from ..evaluation import evaluate
 from ..losses import present_classes
 from ..models.build import build_model
-from ..device import autocast
 from ..training.loop import make_optimizer
 from ..training.phases import deeplab_loss, group_loss, phase_spec, stage1_loss
 

@@ -36,14 +36,14 @@ from types import SimpleNamespace
 
 import torch
 
-from . import bench
 from ..config import GroupTrainConfig, ModelConfig, PrototypeTrainConfig, TrainConfig
+from ..device import autocast, resolve_precision
 from ..losses import present_classes, sharded_batch
 from ..models.build import build_model
 from ..training import distributed
-from ..device import autocast, resolve_precision
 from ..training.loop import LossStep, make_optimizer, run_phase
 from ..training.phases import loss_for, phase_spec, trunk_frozen
+from . import bench
 
 # params.yaml presets.pascal resolved over defaults, copied here because a GPU machine may lack PyYAML
 # (tests/tools/test_gpu_check.py checks every value against params.yaml). Random weights: pretrained is false.

@@ -32,9 +32,9 @@ from ..atomic import clean_stale
 from ..device import autocast
 from ..errors import ConfigError, DivergenceError
 from ..losses import sharded_batch
+from ..models.checkpoint import check_finite, write_torch
 from ..progress import tqdm
 from . import distributed
-from ..models.checkpoint import check_finite, write_torch
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float = 0.0, momentum: float = 0.9):

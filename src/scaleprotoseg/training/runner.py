@@ -10,16 +10,16 @@ from pathlib import Path
 
 import torch
 
+from ..closure import code_version
 from ..config import RunConfig
 from ..data.loader import TrainStream
-from ..closure import code_version
+from ..device import resolve_precision
 from ..errors import ArtifactError
 from ..evaluation import evaluate
 from ..metrics.segmentation import iou_from_confusion
+from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..progress import phase_line
 from . import distributed
-from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..device import resolve_precision
 from .loop import clear_resume, make_optimizer, run_phase
 from .phases import TRAINS, loss_for, lr_keys, phase_spec, trunk_frozen
 
