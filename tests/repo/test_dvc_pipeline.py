@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from scaleprotoseg.closure import module_closure
+from scaleprotoseg.config import set_key
 from scaleprotoseg.paths import repo_root
 from scaleprotoseg.stages.layout import LAYOUT
+from scaleprotoseg.stages.smoke import DVC_TINY
 from scaleprotoseg.stages.table import STAGES
 from scaleprotoseg.tools.dvc_deps import notebook_imports, regenerate
 
@@ -260,20 +262,7 @@ def test_the_import_checks_see_function_level_and_importlib_imports(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# DVC itself on a tiny run in a copy of the repository
-
-TINY = {
-    ("embedded", "image_size"): 40, ("embedded", "n_train"): 4, ("embedded", "n_val"): 2, ("embedded", "max_objects"): 2,
-}
-PRESET = {
-    "data": {"crop": 32}, "model": {"width": 4},
-    "runtime": {"log_every": 1, "checkpoint_every": 1, "val_every": 0, "val_images": 1},
-    "deeplab": {"steps": 1, "batch_size": 2},
-    "scaleprotoseg": {"features": 4, "batch_size": 2, "warmup_steps": 1, "joint_steps": 1},
-    "scaleprotoseg_groups": {"batch_size": 2, "warmup_steps": 1, "joint_steps": 1},
-    "project_scaleprotoseg": {"finetune_steps": 1},
-    "eval": {"n_examples": 1},
-}
+# DVC itself on a tiny run in a copy of the repository (the sizes: stages/smoke.py's DVC_TINY)
 
 
 @pytest.fixture(scope="module")
@@ -281,10 +270,9 @@ def tiny_repo(tmp_path_factory):
     """A git copy of the repository with tiny settings in which DVC has run train, groups and project."""
     repo = copy_repository(tmp_path_factory.mktemp("repo"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for (sec, key), v in TINY.items():
-        params[sec][key] = v
+    for key, value in DVC_TINY.items():
+        set_key(params, key, value)
     params["experiment"].update(methods=["deeplab", "scaleprotoseg"], device="cpu", seeds=[SEED])
-    params["presets"]["embedded"].update({k: dict(v) for k, v in PRESET.items()})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = ["-c", "user.email=t@t", "-c", "user.name=t"]
     for cmd in (["init", "-q"], ["add", "-A"], [*env, "commit", "-qm", "tiny"]):

@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from scaleprotoseg.closure import module_closure
+from scaleprotoseg.config import set_key
 from scaleprotoseg.errors import ConfigError
 from scaleprotoseg.stages import check
+from scaleprotoseg.stages.smoke import DVC_TINY
 
 from ..repo_copy import copy_repository
-from .test_dvc_pipeline import PRESET, ROOT, SEED, TINY, dvc, needs_dvc
+from .test_dvc_pipeline import ROOT, SEED, dvc, needs_dvc
 
 INJECTIONS = ("$(touch {x})1", "`touch {x}`", "; touch {x}", "' ; touch {x} ; '")
 KEYS = ("seeds", "methods", "dataset")
@@ -99,10 +101,9 @@ def test_every_stage_depends_on_the_check_and_quotes_what_dvc_interpolates():
 def tiny_copy(tmp_path: Path) -> Path:
     repo = copy_repository(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for (sec, key), v in TINY.items():
-        params[sec][key] = v
+    for key, value in DVC_TINY.items():
+        set_key(params, key, value)
     params["experiment"].update(methods=["deeplab"], groups=[], device="cpu", seeds=[SEED])
-    params["presets"]["embedded"].update({k: dict(v) for k, v in PRESET.items()})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"]):
         subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True)

@@ -64,6 +64,22 @@ TINY = {
 }
 
 
+# The tests that run DVC itself on a copy of the repository (tests/repo/): the embedded dataset and preset at their
+# smallest, one step per phase.
+DVC_TINY = {
+    "embedded.image_size": 40, "embedded.n_train": 4, "embedded.n_val": 2, "embedded.max_objects": 2,
+    "presets.embedded.data.crop": 32, "presets.embedded.model.width": 4,
+    "presets.embedded.runtime.log_every": 1, "presets.embedded.runtime.checkpoint_every": 1,
+    "presets.embedded.runtime.val_every": 0, "presets.embedded.runtime.val_images": 1,
+    "presets.embedded.deeplab.steps": 1, "presets.embedded.deeplab.batch_size": 2,
+    **{f"presets.embedded.scaleprotoseg.{k}": v for k, v in {
+        "features": 4, "batch_size": 2, "warmup_steps": 1, "joint_steps": 1}.items()},
+    **{f"presets.embedded.scaleprotoseg_groups.{k}": v for k, v in {
+        "batch_size": 2, "warmup_steps": 1, "joint_steps": 1}.items()},
+    "presets.embedded.project_scaleprotoseg.finetune_steps": 1,
+    "presets.embedded.eval.n_examples": 1,
+}
+
 def shrink(dataset: str, methods=("scaleprotoseg",)) -> dict:
     """Overrides that shrink preset `dataset` to seconds on a CPU (EM keeps its U-Net, at width 4)."""
     p = f"presets.{dataset}"
