@@ -229,9 +229,12 @@ def test_the_loop_runs_on_prototype_models_and_deeplab(params):
         head = fa.headline(res.metrics)
         assert head["faith_deletion_auc"] == res.metrics["own"]["deletion_auc"]
         assert head["faith_gradcam_insertion_auc"] == res.metrics["gradcam"]["insertion_auc"]
+        assert head["faith_random_deletion_auc"] == res.metrics["random"]["deletion_auc"]
     only = fa.evaluate_faithfulness(fa.explainers(None, deeplab), data, data_cfg, "cpu", seed=0, n_images=1, steps=4)
     assert set(only.metrics) == {"deeplab_gradcam", "deeplab_inverse", "deeplab_random"}
-    assert set(fa.headline(only.metrics)) >= {"faith_gradcam_deletion_auc", "faith_gradcam_insertion_auc"}
+    assert set(fa.headline(only.metrics)) >= {"faith_gradcam_deletion_auc", "faith_gradcam_insertion_auc",
+                                              "faith_random_deletion_auc"}
+    assert fa.headline(only.metrics)["faith_random_insertion_auc"] == only.metrics["deeplab_random"]["insertion_auc"]
 
 
 def test_report_gives_faithfulness_mean_std_over_seeds(tmp_path):

@@ -61,10 +61,13 @@ def test_each_layout_runs_through_the_stages(tmp_path, params, dataset):
     out = evaluate_stage(cfg, prepared, t, p, tmp_path / "e", progress=False)
     assert set(out["metrics"]["iou"]) == set(meta.classes)
     assert 0.0 <= out["metrics"]["miou"] <= 100.0
+    info = interpret(cfg, prepared, p, tmp_path / "i", progress=False)
+    # faithfulness on every layout, your own folder included (no parts needed); its own map against random
+    assert {"faith_deletion_auc", "faith_insertion_auc", "faith_random_deletion_auc"} <= set(info)
+    assert 0.0 <= info["faith_deletion_auc"] <= 1.5 and 0.0 <= info["faith_insertion_auc"] <= 1.5
     if has_parts:
         val = PreparedDataset(prepared, "val")
         assert any(val.parts(i).any() for i in range(len(val)))
-        info = interpret(cfg, prepared, p, tmp_path / "i", progress=False)
         assert info["consistency_evaluated"] > 0 and not math.isnan(info["stability"])
 
 

@@ -275,10 +275,12 @@ def evaluate_faithfulness(explain: list[Explainer], dataset, data_cfg, device, s
 
 
 def headline(metrics: dict) -> dict:
-    """The flat summary keys the report and DVCLive read: the own map's and Grad-CAM's AUCs and relevance mass
-    (`faith_<metric>`, `faith_gradcam_<metric>`; on DeepLab alone its Grad-CAM is the Grad-CAM)."""
+    """The flat summary keys the report and DVCLive read: the own map's, Grad-CAM's and the random ranking's
+    AUCs and relevance mass (`faith_<metric>`, `faith_gradcam_<metric>`, `faith_random_<metric>`; on DeepLab
+    alone its Grad-CAM is the Grad-CAM and its random ranking the random one)."""
     out = {}
-    for key, name in (("faith", "own"), ("faith_gradcam", "gradcam" if "gradcam" in metrics else "deeplab_gradcam")):
+    for key, name in (("faith", "own"), ("faith_gradcam", "gradcam" if "gradcam" in metrics else "deeplab_gradcam"),
+                      ("faith_random", "random" if "random" in metrics else "deeplab_random")):
         for k in METRICS:
             if name in metrics and metrics[name][k] is not None:
                 out[f"{key}_{k}"] = metrics[name][k]

@@ -40,6 +40,8 @@ METRICS = (
     ("deletion AUC Grad-CAM", "interpret", "faith_gradcam_deletion_auc"),
     ("insertion AUC Grad-CAM", "interpret", "faith_gradcam_insertion_auc"),
     ("relevance mass Grad-CAM", "interpret", "faith_gradcam_relevance_mass"),
+    ("deletion AUC random", "interpret", "faith_random_deletion_auc"),  # the floor each map is measured against
+    ("insertion AUC random", "interpret", "faith_random_insertion_auc"),
     ("train s", "train", "seconds"),
 )
 
