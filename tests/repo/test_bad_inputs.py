@@ -275,7 +275,7 @@ CASES = [
     ("no-images", empty_images_folder, DataError, r"images: no images"),
     ("malformed-classes-json", malformed_classes_json, DataError, r"classes\.json: line 2, column \d+"),
     ("classes-without-names", classes_json_without_names, DataError, r"classes\.json: expected .*`names`"),
-    ("names-values-differ", names_and_values_differ, DataError, r"2 names but 3 values"),
+    ("names-values-differ", names_and_values_differ, DataError, r"`values` must list one mask value per name \(2 names\), got \[10, 20, 30\]"),
     ("decompression-bomb", decompression_bomb, DataError, r"f1\.png is larger than the decompression limit.*max_image_pixels"),
     ("image-without-mask", image_without_mask, DataError, r"f4"),
     ("mask-size", mask_of_another_size, DataError, r"f5\.png: label \(20, 20\)"),
