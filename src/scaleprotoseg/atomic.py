@@ -62,6 +62,13 @@ def _disk_full(path: Path, exc: BaseException) -> ArtifactError:
                                     "from its last checkpoint)."))
 
 
+def _raise_if_full(path: Path, exc: Exception) -> None:
+    """Raise the disk-full message for `path` when `exc` comes from a full disk (unless an inner write's
+    message already said it); otherwise return, and the caller re-raises `exc`."""
+    if _full(exc) and not isinstance(exc, ArtifactError):
+        raise _disk_full(path, exc) from exc
+
+
 def _tag(path: Path) -> str:
     return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
 
@@ -103,8 +110,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.copyfile(tmp_path, near)
             os.replace(near, path)
     except Exception as exc:
-        if _full(exc) and not isinstance(exc, ArtifactError):  # (an inner write's message already said it)
-            raise _disk_full(path, exc) from exc
+        _raise_if_full(path, exc)
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -131,8 +137,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except Exception as exc:
-        if _full(exc) and not isinstance(exc, ArtifactError):  # (an inner write's message already said it)
-            raise _disk_full(path, exc) from exc
+        _raise_if_full(path, exc)
         raise
     finally:
         if tmp.exists():

@@ -11,19 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaleprotoseg.config import load_config
 from scaleprotoseg.explain import faithfulness as fa
 from scaleprotoseg.interpretability import similarity_maps
-from scaleprotoseg.models.build import build_for
 
-TINY = {"presets.embedded.model.width": 8, "presets.embedded.protoseg.features": 8,
-        "presets.embedded.scaleprotoseg.features": 8, "experiment.device": "cpu"}
-
-
-def tiny_model(params, method: str, K: int, seed: int = 0):
-    cfg = load_config(params, method=method, overrides=TINY)
-    torch.manual_seed(seed)
-    return build_for(cfg, K, offline=True).eval(), cfg
+from .tiny import tiny_model
 
 
 @torch.no_grad()

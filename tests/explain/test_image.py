@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from scaleprotoseg.artifacts import read_patches
-from scaleprotoseg.config import embedded_spec, load_config
+from scaleprotoseg.config import embedded_spec
 from scaleprotoseg.data.synthetic import CLASSES as EMBEDDED_CLASSES
 from scaleprotoseg.data.synthetic import generate_sample
 from scaleprotoseg.data.transforms import normalise
@@ -29,26 +29,17 @@ from scaleprotoseg.explain import image as explain_image
 from scaleprotoseg.explain import maps as explain
 from scaleprotoseg.explain.gradcam import gradcam_maps
 from scaleprotoseg.interpretability import similarity_maps
-from scaleprotoseg.models.build import build_for
 from scaleprotoseg.models.checkpoint import save_checkpoint
 from scaleprotoseg.models.prototypes import EPSILON, prototype_names
 from scaleprotoseg.paths import repo_root
 
 from ..figure_checks import text_problems
-
-TINY = {"presets.embedded.model.width": 8, "presets.embedded.protoseg.features": 8,
-        "presets.embedded.scaleprotoseg.features": 8, "experiment.device": "cpu"}
+from .tiny import tiny_model
 
 
 def class_names(K: int) -> list[str]:
     base = list(EMBEDDED_CLASSES) if K == len(EMBEDDED_CLASSES) else ["background"] + [f"class {k}" for k in range(1, K)]
     return base if K < 100 else base[:1] + [f"a long class name number {k}" for k in range(1, K)]
-
-
-def tiny_model(params, method: str, K: int, seed: int = 0):
-    cfg = load_config(params, method=method, overrides=TINY)
-    torch.manual_seed(seed)
-    return build_for(cfg, K, offline=True).eval(), cfg
 
 
 @torch.no_grad()
