@@ -16,7 +16,7 @@ LOCK_TOOLS := uv==0.13.9 pyyaml==6.0.4
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup lock repro test unit nbval bench cost schedule gpu-check clean-venv
+.PHONY: setup lock repro test unit nbval bench cost schedule gpu-check rehearse scaling clean-venv
 
 setup: $(STAMP)
 
@@ -71,6 +71,16 @@ cost: setup
 	$(PY) -m scaleprotoseg.tools.cost $(COST_ARGS) $(SCHEDULE_ARGS)
 
 schedule: cost
+
+# A paper preset at its true sizes through the real DVC pipeline, counts shortened (PRESET=all: every preset);
+# per stage time, memory and output sizes in rehearsal/<preset>.md (README, "Rehearsal at true sizes").
+PRESET ?= pascal
+rehearse: setup
+	$(PY) -m scaleprotoseg.tools.rehearse --preset $(PRESET) $(REHEARSE_ARGS)
+
+# How the per-image stages' time and peak memory grow with the number of images (README, same section).
+scaling: setup
+	$(PY) -m scaleprotoseg.tools.scaling $(SCALING_ARGS)
 
 # On a machine with CUDA, with nothing but PyTorch and NumPy (no venv): each method's training on the Pascal
 # preset's model, the bench in bf16 and fp32, peak memory, images/s, MFU and a torchrun run (see README).

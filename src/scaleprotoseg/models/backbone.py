@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..paths import repo_root
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.001  # Caffe-converted DeepLab value (PyTorch convention: weight of the new batch)
@@ -193,6 +194,8 @@ def imagenet_state_dict(pretrained_path: str | None = None) -> dict[str, torch.T
     torchvision's cache / download. Any failure ends in a ConfigError that says which parameter to change."""
     if pretrained_path:
         path = Path(pretrained_path)
+        if not path.is_absolute():  # relative to the repository, as every path of params.yaml (a stage's kernel
+            path = repo_root() / path  # runs in reports/)
         if not path.is_file():
             raise ConfigError(f"model.pretrained_path: {path} does not exist. {_HOW_TO_FIX}")
         try:

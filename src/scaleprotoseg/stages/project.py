@@ -16,7 +16,7 @@ from ..config import RunConfig
 from ..data.loader import eval_loader
 from ..data.prepared import PreparedDataset, read_meta
 from ..device import resolve_device
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError, StageError
 from ..models.build import load_model
 from ..models.checkpoint import save_checkpoint
 from ..training import distributed
@@ -60,6 +60,15 @@ def _no_curves(directory: Path, cfg: RunConfig) -> None:
         write_json(tmp / "params.json", flat_params(cfg.to_dict()))
 
 
+def check_pruning(cfg: RunConfig, n_images: int, split: str) -> None:
+    """ProtoSeg's pruning ranks one patch per image: it needs at least `prune_k` images (checked before any work)."""
+    p = cfg.project
+    if cfg.method == "protoseg" and getattr(p, "prune", False) and n_images < p.prune_k:
+        raise ConfigError(f"project_protoseg.prune_k is {p.prune_k}, but pruning compares each prototype with its "
+                          f"{p.prune_k} nearest patches, one per image, and the {split!r} split has {n_images} image(s): "
+                          "lower presets.<dataset>.project_protoseg.prune_k (and prune_threshold), or set prune: false.")
+
+
 def projection_split(meta) -> str:
     return "project" if "project" in meta.splits else "train"
 
@@ -77,6 +86,7 @@ def project_prototypes(cfg: RunConfig, data_root: Path, train_dir: Path, out_dir
     model, _, payload = load_model(train_dir / "model.pt", device, f"train@{cfg.method}", cfg, meta.classes)
     split = projection_split(meta)
     source = PreparedDataset(data_root, split)
+    check_pruning(cfg, len(source), split)
     loader = eval_loader(data_root, split, cfg.data, 1, num_workers=cfg.runtime.num_workers)
     names = prototype_names(model, meta.classes)
     t0 = time.perf_counter()
@@ -142,6 +152,10 @@ def _finetune(model, cfg, data_root, out_dir, logger, device, progress, meta, ta
     if cfg.method == "protoseg" and cfg.project.prune:
         best_d, best_m = pj.nearest_patches(model, loader, device, cfg.project.prune_k, progress)
         keep_mask = pj.prune_mask(best_d, best_m, cfg.project.prune_threshold)
+        if not bool(keep_mask.any()):
+            raise StageError(f"ProtoSeg's pruning would remove every prototype: none has {cfg.project.prune_threshold} "
+                             f"(project_protoseg.prune_threshold) of its {cfg.project.prune_k} nearest patches in its own "
+                             "class. The model is far from trained (more training steps), or set project_protoseg.prune: false.")
         pruned = [kept_names[i] for i in torch.nonzero(~keep_mask).flatten().tolist()]
         table["pruned"] = [n in set(pruned) for n in table.index]
         keep2 = torch.nonzero(keep_mask).flatten()

@@ -1,0 +1,329 @@
+"""A paper preset rehearsed at its true sizes: the real DVC pipeline on a small raw dataset in the preset's
+download layout, with the preset's model, crop, batch, accumulation, MSC scales, precision and evaluation
+sizes untouched, and only the counts shortened.
+
+    python -m scaleprotoseg.tools.rehearse --preset pascal        (make rehearse PRESET=pascal; PRESET=all)
+
+For each preset, under `rehearsal/<preset>/` (git-ignored; replaced by the next rehearsal of that preset):
+
+1. `repo/`: a copy of the repository (its tracked files), a git repository of its own;
+2. `repo/data/<preset>/`: `--train` / `--val` images in the real layout at the real size (`raw_layouts.py`);
+3. `repo/params.yaml`: `experiment.dataset: <preset>`, every method and the groups, one seed, and the counts
+   of `COUNTS` (each training phase one optimiser update: `accumulation` mini-batches; validation, evaluation
+   and the interpretability figures on a couple of images); the ResNet-101 trunk loads ImageNet-layout
+   weights from a file, random ones written by the rehearsal (no network), through `model.pretrained_path`;
+4. every DVC stage, one `dvc repro <stage>` at a time in the pipeline's order, each measured: wall time,
+   peak resident memory of its largest process (the kernel, torchrun's workers: `wait4`'s `ru_maxrss`),
+   peak memory of all its processes together (proportional set size, sampled every 0.2 s, so shared pages
+   count once), peak GPU memory (`torch.cuda.max_memory_allocated` of each process, on a GPU), and the size
+   of its outputs on disk and its largest file.
+
+The table goes to `rehearsal/<preset>.md` and `.json` (written atomically) and to the console. On a machine
+with CUDA the same command runs on the GPU (`experiment.device: auto`), in bf16 where the GPU has it.
+`tools/scaling.py` measures how the per-image stages grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..atomic import atomic_path
+from ..config import set_key
+from ..paths import repo_root
+from .raw_layouts import SIZES, write
+
+PRESETS = ("pascal", "cityscapes", "ade20k", "coco_stuff", "em")
+METHODS = ("deeplab", "protoseg", "scaleprotoseg")
+PHASE_KEYS = {"deeplab": ("steps",), "protoseg": ("warmup_steps", "joint_steps"),
+              "scaleprotoseg": ("warmup_steps", "joint_steps"),
+              "scaleprotoseg_groups": ("warmup_steps", "joint_steps")}
+# What the rehearsal shortens (per preset section), besides the phases' steps and the fine-tuning.
+COUNTS = {
+    "runtime": {"log_every": 1, "val_every": 0, "val_images": 2},
+    "eval": {"max_images": 2, "n_examples": 2, "explorer_images": 2, "faithfulness_images": 1},
+    # After one update no prototype's nearest patches are of its own class, and ProtoSeg's pruning would remove
+    # them all (the stage refuses that): threshold 0 keeps them, so the pruning pass over the projection split
+    # and the second fine-tuning run at their full cost; what pruning removes is not rehearsed.
+    "project_protoseg": {"prune_threshold": 0},
+}
+GPU_HOOK = '''"""Written by the rehearsal into its copy's src/ (never the repository's): each Python process that used
+CUDA appends its peak allocated GPU memory to the file the rehearsal names."""
+import atexit
+import os
+import sys
+
+
+def _peak():
+    torch = sys.modules.get("torch")
+    where = os.environ.get("SCALEPROTOSEG_GPU_PEAKS")
+    if where and torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        with open(where, "a") as f:
+            f.write(f"{os.getpid()} {torch.cuda.max_memory_allocated()}\\n")
+
+
+atexit.register(_peak)
+'''
+
+
+@dataclass
+class StageRun:
+    stage: str
+    seconds: float
+    max_rss_mb: float           # the largest single process (kernel, worker) of the stage: exact
+    peak_pss_mb: float          # all the stage's processes together: sampled
+    gpu_peak_mb: float | None   # the largest peak of one process, on a GPU
+    output_mb: float
+    largest_file: str
+    largest_file_mb: float
+    units: int                  # steps (training) or images (evaluation, interpretability) it processed
+    unit: str
+
+
+@dataclass
+class Rehearsal:
+    preset: str
+    device: str
+    image_size: tuple
+    train_images: int
+    val_images: int
+    stages: list[StageRun] = field(default_factory=list)
+
+
+def copy_repository(src: Path, dst: Path) -> Path:
+    """The tracked and not-ignored files of the repository at `src`, copied to `dst`."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
+                           capture_output=True, check=True).stdout.split(b"\0")
+    for f in (x.decode() for x in files if x):
+        if (src / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / f, dst / f)
+    return dst
+
+
+def rehearsal_params(params: dict, preset: str, seed: int) -> dict:
+    """`params` set to run `preset` with every method, one seed and the rehearsal's counts."""
+    p = f"presets.{preset}"
+    sections = params["presets"][preset]
+    set_key(params, "experiment.dataset", preset)
+    set_key(params, "experiment.methods", list(METHODS))
+    set_key(params, "experiment.groups", ["scaleprotoseg_groups"])
+    set_key(params, "experiment.seeds", [seed])
+    set_key(params, "experiment.export", [])
+    for section, values in COUNTS.items():
+        for k, v in values.items():
+            set_key(params, f"{p}.{section}.{k}", v)
+    defaults = params["defaults"]
+    for method, keys in PHASE_KEYS.items():
+        merged = {**defaults[method], **(sections.get(method) or {})}
+        update = max(int(merged.get("accumulation", 1)), 1)  # one optimiser update per phase
+        for k in keys:
+            if int(merged[k]) > 0:  # a phase the preset skips (EM's warm-ups) stays skipped
+                set_key(params, f"{p}.{method}.{k}", update)
+        if method in ("protoseg", "scaleprotoseg"):
+            set_key(params, f"{p}.project_{method}.finetune_steps", update)
+    return params
+
+
+def random_resnet101(path: Path) -> Path:
+    """torchvision's ResNet-101 layout with random weights: what `model.pretrained_path` loads (no network)."""
+    import torch
+    from torchvision.models import resnet101
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    with atomic_path(path) as tmp:
+        torch.save(resnet101(weights=None).state_dict(), tmp)
+    return path
+
+
+def stage_order(repo: Path, env: dict) -> list[tuple[str, list[str]]]:
+    """(stage, its outputs) of dvc.yaml in the pipeline's order: DVC's own graph sorted topologically, ties in
+    dvc.yaml's order (so each method's train → project → … in turn). `data.dvc` is not a stage."""
+    code = ("import json, networkx as nx\nfrom dvc.repo import Repo\nr = Repo('.')\n"
+            "pos = {s: i for i, s in enumerate(r.index.stages)}\n"
+            "order = nx.lexicographical_topological_sort(r.index.graph.reverse(), key=lambda s: pos[s])\n"
+            "print(json.dumps([[s.addressing, [str(o) for o in s.outs]] for s in order "
+            "if not s.addressing.endswith('.dvc')]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, env=env, check=True)
+    return [(name, outs) for name, outs in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+class Sampler(threading.Thread):
+    """Peak proportional set size of a process and all its descendants, sampled every `every` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self.done = pid, every, 0, threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self.done.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    info = p.memory_full_info()
+                    total += getattr(info, "pss", info.rss)
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            self.done.wait(self.every)
+
+
+def measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[float, float, float, int]:
+    """Run `cmd`; (seconds, max RSS of one process MB, peak PSS of all MB, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    sampler.done.set()
+    sampler.join()
+    return seconds, usage.ru_maxrss / 1024, sampler.peak / 2**20, proc.returncode
+
+
+def disk(repo: Path, outs: list[str]) -> tuple[float, str, float]:
+    """(MB under the outputs, the largest file, its MB)."""
+    total, big, big_size = 0, "", 0
+    for out in outs:
+        p = repo / out
+        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
+        for f in files:
+            s = f.stat().st_size
+            total += s
+            if s > big_size:
+                big, big_size = str(f.relative_to(repo)), s
+    return total / 2**20, big, big_size / 2**20
+
+
+def units(stage: str, params: dict, preset: str) -> tuple[int, str]:
+    """What a stage's time divides by: mini-batches for training (all phases), images otherwise."""
+    name, _, item = stage.partition("@")
+    method = item.rsplit("-", 1)[0]
+    sec = {**params["defaults"].get(method, {}), **(params["presets"][preset].get(method) or {})}
+    if name in ("train", "groups"):
+        return sum(int(sec[k]) for k in PHASE_KEYS[method]), "step"
+    if name in ("project", "project_groups") and method in ("protoseg", "scaleprotoseg"):
+        return int(params["presets"][preset][f"project_{method}"]["finetune_steps"]), "step"
+    if name in ("evaluate", "evaluate_groups", "interpret", "interpret_groups"):
+        return int(params["presets"][preset]["eval"]["max_images"]), "image"
+    return 0, ""
+
+
+def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: int = 20220227,
+             source: Path | None = None, size: tuple | None = None, extra: dict | None = None) -> Rehearsal:
+    """Rehearse `preset` under `work/<preset>/` (see the module's docstring). `size` and `extra` (overrides
+    applied last) exist for the tests, which rehearse the mechanism at tiny sizes."""
+    source = source or repo_root()
+    base = work / preset
+    if base.exists():
+        shutil.rmtree(base)
+    repo = copy_repository(source, base / "repo")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "MPLBACKEND": "Agg",
+           "SCALEPROTOSEG_GPU_PEAKS": str(base / "gpu_peaks.txt")}
+    env.pop("PYTHONPATH", None)
+    (repo / "src" / "sitecustomize.py").write_text(GPU_HOOK)
+    write(preset, repo / "data" / preset, n_train, n_val, size)
+    params = rehearsal_params(yaml.safe_load((repo / "params.yaml").read_text()), preset, seed)
+    for k, v in (extra or {}).items():
+        set_key(params, k, v)
+    if params["presets"][preset]["model"].get("backbone") == "resnet101":
+        random_resnet101(repo / "weights" / "resnet101-random.pth")
+        set_key(params, f"presets.{preset}.model.pretrained_path", "weights/resnet101-random.pth")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.email=r@r", "-c", "user.name=r", "commit", "-qm", "rehearsal"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True)
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    result = Rehearsal(preset, device, tuple(size or SIZES[preset]), n_train, n_val if preset != "em" else 10)
+    log_path = base / "dvc.log"
+    with open(log_path, "w") as log:
+        for stage, outs in stage_order(repo, env):
+            peaks = base / "gpu_peaks.txt"
+            peaks.unlink(missing_ok=True)
+            print(f"[rehearse {preset}] {stage} …", flush=True)
+            log.write(f"\n===== {stage}\n")
+            log.flush()
+            seconds, rss, pss, code = measured([str(bin_dir / "dvc"), "repro", stage], repo, env, log)
+            if code != 0:
+                tail = log_path.read_text()[-4000:]
+                raise SystemExit(f"rehearsal of {preset}: stage {stage} failed (exit {code}); the end of {log_path}:\n{tail}")
+            gpu = None
+            if peaks.is_file():
+                gpu = max(int(line.split()[1]) for line in peaks.read_text().split("\n") if line.strip()) / 2**20
+            size, big, big_mb = disk(repo, outs)
+            n, unit = units(stage, params, preset)
+            run = StageRun(stage, round(seconds, 1), round(rss), round(pss), None if gpu is None else round(gpu),
+                           round(size, 1), big, round(big_mb, 1), n, unit)
+            result.stages.append(run)
+            print(f"  {run.seconds:.0f} s, max RSS {run.max_rss_mb:.0f} MB, all processes {run.peak_pss_mb:.0f} MB, "
+                  f"outputs {run.output_mb:.1f} MB", flush=True)
+    return result
+
+
+def table(r: Rehearsal) -> str:
+    gpu = any(s.gpu_peak_mb is not None for s in r.stages)
+    head = ["stage", "wall s", "s / unit", "max RSS GB", "all processes GB", *(["GPU peak GB"] if gpu else []),
+            "outputs MB", "largest output"]
+    lines = [f"**{r.preset}** ({r.image_size[0]}×{r.image_size[1]} images, {r.train_images} train / {r.val_images} val, "
+             f"{r.device})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in r.stages:
+        per = f"{s.seconds / s.units:.1f} s/{s.unit}" if s.units else ""
+        row = [s.stage, f"{s.seconds:.0f}", per, f"{s.max_rss_mb / 1024:.2f}", f"{s.peak_pss_mb / 1024:.2f}",
+               *([f"{s.gpu_peak_mb / 1024:.2f}" if s.gpu_peak_mb is not None else ""] if gpu else []),
+               f"{s.output_mb:.1f}", f"{Path(s.largest_file).name} ({s.largest_file_mb:.1f} MB)" if s.largest_file else ""]
+        lines.append("| " + " | ".join(row) + " |")
+    total = sum(s.seconds for s in r.stages)
+    lines += ["", f"Total {total / 60:.1f} min; largest process {max(s.max_rss_mb for s in r.stages) / 1024:.2f} GB."]
+    return "\n".join(lines)
+
+
+def save(r: Rehearsal, work: Path) -> None:
+    with atomic_path(work / f"{r.preset}.json") as tmp:
+        tmp.write_text(json.dumps(asdict(r), indent=1))
+    with atomic_path(work / f"{r.preset}.md") as tmp:
+        tmp.write_text(table(r) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", required=True, help=f"one of {', '.join(PRESETS)}, or all")
+    ap.add_argument("--work", default="rehearsal", help="folder for the copies and the tables (relative to the repository)")
+    ap.add_argument("--train", type=int, default=8, help="training images (EM: slices besides the 10 of validation); "
+                    "at least ProtoSeg's prune_k (6): pruning ranks one patch per image")
+    ap.add_argument("--val", type=int, default=2, help="validation images (EM: always 10; 2 are evaluated)")
+    a = ap.parse_args(argv)
+    presets = PRESETS if a.preset == "all" else (a.preset,)
+    if any(p not in PRESETS for p in presets):
+        ap.error(f"--preset {a.preset!r}: choose one of {', '.join(PRESETS)}, or all")
+    root = repo_root()
+    work = Path(a.work) if Path(a.work).is_absolute() else root / a.work
+    work.mkdir(parents=True, exist_ok=True)
+    for p in presets:
+        r = rehearse(p, work, a.train, a.val, source=root)
+        save(r, work)
+        print(table(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()
