@@ -136,15 +136,20 @@ def rehearsal_params(params: dict, preset: str, seed: int) -> dict:
 
 
 def random_resnet101(path: Path) -> Path:
-    """torchvision's ResNet-101 layout with random weights: what `model.pretrained_path` loads (no network)."""
-    import torch
-    from torchvision.models import resnet101
-
+    """torchvision's ResNet-101 layout with random weights: what `model.pretrained_path` loads (no network).
+    Written by a child process: this one never imports torch, so the stages it forks do not start with torch's
+    pages counted in their peak memory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    with atomic_path(path) as tmp:
-        torch.save(resnet101(weights=None).state_dict(), tmp)
+    code = ("import sys, torch\nfrom torchvision.models import resnet101\ntorch.manual_seed(0)\n"
+            "torch.save(resnet101(weights=None).state_dict(), sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     return path
+
+
+def device_name() -> str:
+    code = ("import os, torch\nprint(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "
+            "f'CPU ({os.cpu_count()} cores)')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def stage_order(repo: Path, env: dict) -> list[tuple[str, list[str]]]:
@@ -252,10 +257,7 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.email=r@r", "-c", "user.name=r", "commit", "-qm", "rehearsal"]):
         subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True)
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    result = Rehearsal(preset, device, tuple(size or SIZES[preset]), n_train, n_val if preset != "em" else 10)
+    result = Rehearsal(preset, device_name(), tuple(size or SIZES[preset]), n_train, n_val if preset != "em" else 10)
     log_path = base / "dvc.log"
     with open(log_path, "w") as log:
         for stage, outs in stage_order(repo, env):
