@@ -33,6 +33,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..config import RunConfig
 from ..errors import StageError
 from ..training import distributed
@@ -73,10 +74,18 @@ def set_death_signal(sig: int = signal.SIGKILL) -> None:
             pass
 
 
+def join_file(out: Path) -> Path:
+    """Where the first machine writes the command for the others while it waits (`nodes` > 1), beside the
+    stage's output folder, so a batch script on the other machines can wait for it and run it (README,
+    "Several machines (SLURM)"); removed when the stage ends."""
+    return Path(out).parent / f".join-{Path(out).name}.sh"
+
+
 def clean_stale(out: Path) -> None:
-    """Remove the launch folders of `out` that a killed run left behind."""
+    """Remove the launch folders (and the join command) of `out` that a killed run left behind."""
     for stale in out.parent.glob(f".launch-{out.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    join_file(out).unlink(missing_ok=True)
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -125,14 +134,19 @@ def run(stage: str, cfg: RunConfig, paths: dict[str, str | Path | None], progres
     try:
         config_file = work / "config.json"
         config_file.write_text(json.dumps(cfg.to_dict()))
+        src = str(Path(__file__).resolve().parents[2])
         cmd = torchrun_command(cfg, stage, config_file, {k: (None if v is None else str(v)) for k, v in paths.items()}, progress)
         print(f"[{stage}] {processes(cfg)} processes ({cfg.gpus} per machine × {cfg.nodes} machines): {' '.join(cmd[1:])}")
         if cfg.nodes > 1:  # on the console (DVC shows stderr), not only in the executed notebook
+            join = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
+            with atomic_path(join_file(out)) as tmp:
+                tmp.write_text(f"#!/bin/sh\n# written by the {stage} stage on the first machine; removed when it ends\n"
+                               f"cd {shlex.quote(str(Path.cwd()))} && PYTHONPATH={shlex.quote(src)}${{PYTHONPATH:+:$PYTHONPATH}} "
+                               f"exec {join}\n")
             print(f"[{stage}] waiting up to {cfg.rdzv_timeout} s (experiment.rdzv_timeout) for the other {cfg.nodes - 1} "
-                  f"machine(s) at {cfg.rdzv_endpoint}; on each of them, in the same repository, run now:\n  "
-                  + " ".join(shlex.quote(c) for c in ["python", *cmd[1:]]), file=sys.stderr, flush=True)
+                  f"machine(s) at {cfg.rdzv_endpoint}; the command is also in {join_file(out)}; on each of them, in the "
+                  f"same repository, run now:\n  " + join, file=sys.stderr, flush=True)
         env = dict(os.environ)
-        src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         tail: list[str] = []
         with _signals_raise():
@@ -161,6 +175,7 @@ def run(stage: str, cfg: RunConfig, paths: dict[str, str | Path | None], progres
         if proc is not None:
             _stop(proc)
         shutil.rmtree(work, ignore_errors=True)
+        join_file(out).unlink(missing_ok=True)
 
 
 def _pump(proc: subprocess.Popen, tail: list[str]) -> None:

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -197,12 +198,32 @@ def measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[float, float, f
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     sampler = Sampler(proc.pid)
     sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # Ctrl-C or SIGTERM: nothing of the stage (its kernel runs in a session of its own) lives on
+        kill_tree(proc.pid)
+        raise
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
     sampler.done.set()
     sampler.join()
     return seconds, usage.ru_maxrss / 1024, sampler.peak / 2**20, proc.returncode
+
+
+def kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
 
 
 def disk(repo: Path, outs: list[str]) -> tuple[float, str, float]:
@@ -321,6 +342,10 @@ def main(argv=None) -> None:
     root = repo_root()
     work = Path(a.work) if Path(a.work).is_absolute() else root / a.work
     work.mkdir(parents=True, exist_ok=True)
+    def stop(signum, frame):
+        raise SystemExit(f"rehearsal stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
     for p in presets:
         r = rehearse(p, work, a.train, a.val, source=root)
         save(r, work)
