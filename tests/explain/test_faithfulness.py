@@ -34,6 +34,8 @@ class KeyRegion(nn.Module):
     """Two classes; at every pixel P(class 1) = q = the share of the key pixels whose channel 0 is still 1
     (q clamped to [1e-6, 1 − 1e-6]), on a `grid` of output cells: its decision depends on the key region only."""
 
+    num_classes = 2
+
     def __init__(self, key: torch.Tensor, grid):
         super().__init__()
         self.key, self.grid = key.float(), grid
@@ -288,3 +290,31 @@ def test_gradcam_explains_a_prototype_model_as_a_hand_written_gradcam(params):
         assert torch.allclose(got[c], want, atol=1e-5), c
     handle.remove()
     assert float(got.amax()) > 0.5  # compared on a non-zero map (upsampling keeps its maximum below 1)
+
+
+def test_large_images_go_through_in_batches_bounded_by_the_logit_budget(monkeypatch):
+    """Many classes or 1024 × 2048 inputs: fewer images per forward pass, the same scores as one pass each."""
+
+    class Logits(nn.Module):
+        num_classes = 5
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def predict_logits(self, x):
+            self.seen.append(len(x))
+            return F.avg_pool2d(x.mean(1, keepdim=True), 4).repeat(1, 5, 1, 1) * torch.arange(5.0)[None, :, None, None]
+
+    torch.manual_seed(0)
+    xs, mask = torch.randn(7, 3, 16, 16), torch.rand(16, 16) > 0.5
+    model = Logits()
+    one_each = torch.cat([fa.class_score(model, x[None], 3, mask) for x in xs])
+    monkeypatch.setattr(fa, "LOGIT_BUDGET", 2 * 5 * 16 * 16)  # two images' logits
+    model.seen.clear()
+    torch.testing.assert_close(fa.class_score(model, xs, 3, mask), one_each)
+    assert model.seen == [2, 2, 2, 1]
+    monkeypatch.setattr(fa, "LOGIT_BUDGET", 1)  # never below one image
+    model.seen.clear()
+    fa.class_score(model, xs, 3, mask)
+    assert model.seen == [1] * 7

@@ -22,7 +22,8 @@ Localisation against the ground truth (classes present in both prediction and gr
 **relevance mass**: the share of the min-max normalised map's mass inside the class's ground-truth mask;
 **pointing game**: whether the map's maximum lies inside it.
 
-Every perturbed image of one curve goes through the model in batches (`BATCH`); the curves' end points
+Every perturbed image of one curve goes through the model in batches (`BATCH`, fewer when their upsampled
+logits would exceed `LOGIT_BUDGET`); the curves' end points
 (the image itself, the all-baseline image) do not depend on the ranking and are scored once per class.
 """
 
@@ -36,7 +37,12 @@ import torch
 import torch.nn.functional as F
 
 STEPS = 10  # points of a curve after the unperturbed one (a step: 10 % of the cells)
-BATCH = 32  # perturbed images per forward pass
+BATCH = 32  # perturbed images per forward pass, at most
+# and at most this many upsampled logits per forward pass (classes × H × W × images; 512 MB in float32, and as
+# much again for the softmax): a Cityscapes image at 1024 × 2048 (19 classes) goes 3 at a time, ADE20K's
+# (150 classes at 512 × 683) 2, Pascal's (21 at 513 × 513) 24. Without it, 32 images of 150–182 classes or at
+# 1024 × 2048 hold 10–20 GB at once.
+LOGIT_BUDGET = 2**27
 MIN_SHARE = 0.01  # a predicted class is explained when it covers at least this share of the image
 MAX_CLASSES = 3  # predicted classes explained per image, largest first (background last)
 METRICS = ("deletion_auc", "insertion_auc", "relevance_mass", "pointing_game")
@@ -90,6 +96,8 @@ def class_score(model, xs: torch.Tensor, c: int, mask: torch.Tensor, batch: int 
     """(B,) the class-c probability averaged over `mask` (H, W) for each input of `xs` (B, C, H, W)."""
     m = mask.to(xs.device, torch.float32)
     out = []
+    per_image = model.num_classes * xs.shape[-2] * xs.shape[-1]
+    batch = max(1, min(batch, LOGIT_BUDGET // per_image))
     for chunk in xs.split(batch):
         logits = F.interpolate(model.predict_logits(chunk).float(), size=xs.shape[-2:], mode="bilinear", align_corners=False)
         out.append((logits.softmax(1)[:, c] * m).sum((1, 2)) / m.sum())
