@@ -471,6 +471,10 @@ def test_protoseg_legacy_format_pruned(params, tmp_path):
     summary, model = check_import(tmp_path, net, config(params, "protoseg"), src)
     assert summary["format"] == "legacy" and summary["recorded_on"] == ["cuda:0"]
     assert summary["released_class"] == "segmentation.model.model.PPNet"
+    # the exact file a result used: its checksum and size, computed independently here
+    import hashlib
+
+    assert summary["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest() and summary["bytes"] == len(src.read_bytes())
     assert model.prototypes.proto_class.tolist() == [0, 1, 1] and summary["counts_per_scale_class"] == [[1, 2, 0]]
 
 

@@ -68,6 +68,7 @@ def import_released(src: str | Path, out: str | Path, cfg: RunConfig, classes: l
     summary = {
         "source": src.name,
         "sha256": _sha256(src),
+        "bytes": src.stat().st_size,
         "format": loaded.format,
         "recorded_on": list(loaded.locations),
         "released_class": released.source,

@@ -35,7 +35,7 @@ def results(tmp_path):
             write_json(tmp_path / layout("train", "pascal", m, seed) / "train_summary.json", {"seconds": 100.0 + seed})
     for seed, c in zip(SEEDS, CONSISTENCY):
         write_json(tmp_path / layout("interpret_reports", "pascal", "protoseg", seed) / "summary.json",
-                   {"consistency": c, "stability": 90.0})
+                   {"consistency": c, "consistency_evaluated": 20, "stability": 90.0})
     return collect_results(list(MIOU), SEEDS, tmp_path, dataset="pascal"), tmp_path
 
 
@@ -67,6 +67,9 @@ def test_report_shows_mean_std_the_paper_and_every_seed_in_order(results, tmp_pa
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["deeplab"]["miou_mean"] == pytest.approx(sum(MIOU["deeplab"]) / 3, abs=1e-4)
     assert summary["seeds"] == 3 and summary["best"] == "deeplab"
+    # the consistency's denominator beside it, and why it moves in steps of 100 / N
+    assert shown.loc["protoseg", "prototypes in consistency"] == "20 ± 0" and shown.loc["deeplab", "prototypes in consistency"] == "—"
+    assert "steps of 100 / N: 5.00 is one prototype of 20" in text
 
 
 def test_one_seed_reports_no_std_and_says_so(tmp_path):

@@ -30,6 +30,7 @@ METRICS = (
     ("prototypes used", "evaluate", "prototypes_used"),
     ("zero group weights %", "evaluate", "group_weights_zero_%"),
     ("consistency %", "interpret", "consistency"),
+    ("prototypes in consistency", "interpret", "consistency_evaluated"),  # its denominator (CONSISTENCY_NOTE)
     ("stability %", "interpret", "stability"),
     ("prototype overlap %", "interpret", "prototype_overlap"),
     ("group overlap %", "interpret", "group_overlap"),
@@ -44,6 +45,14 @@ METRICS = (
     ("insertion AUC random", "interpret", "faith_random_insertion_auc"),
     ("train s", "train", "seconds"),
 )
+
+
+# Why a consistency can read 5.00 or 0.00: a share of few prototypes (written under the table when a method has one).
+CONSISTENCY_NOTE = ("Consistency % is the share of the prototypes it evaluates (column `prototypes in consistency`: "
+                    "those whose class has a visible annotated part) that find the same part in at least τ = 80 % of "
+                    "the images (docs/method.md §8). With N of them it moves in steps of 100 / N: 5.00 is one "
+                    "prototype of 20, and 0.00 means none reached τ (usual for a model trained briefly), not a "
+                    "failed measurement.")
 
 
 def _read(path: Path) -> dict:
@@ -121,7 +130,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame(index=table.index)
     shown["seeds"] = table["seeds"]
     for c in cols:
-        digits = 0 if c in ("prototypes used", "train s") else 3 if ("AUC" in c or "mass" in c) else 2
+        digits = 0 if c in ("prototypes used", "prototypes in consistency", "train s") else 3 if ("AUC" in c or "mass" in c) else 2
         shown[c] = [_mean_std(a, b, digits) for a, b in zip(table[f"{c} mean"], table[f"{c} std"])]
     return shown
 
@@ -148,7 +157,9 @@ def write_report(results: dict, dataset: str, out_dir: Path) -> dict:
     shown = display_table(table)  # the paper's mean ± std (when published) right after ours
     by_seed = seed_table(per_seed).rename(columns=lambda s: f"seed {s}")
     with atomic_path(out_dir / "results.md") as tmp:
-        notes = results.get("notes") or []  # why cells are empty (no part annotations, a black-box method)
+        notes = list(results.get("notes") or [])  # why cells are empty (no part annotations, a black-box method)
+        if table["consistency % mean"].notna().any():
+            notes.append(CONSISTENCY_NOTE)
         footnotes = "\n\n" + "\n".join(f"- {x}" for x in notes) if notes else ""
         tmp.write_text(f"# Results on `{dataset}`\n\nEach cell: {spread}. `—`: the method has no such quantity "
                        f"(DeepLab has no prototypes). Deletion / insertion AUC (lower / higher: more faithful) and "
