@@ -50,6 +50,11 @@ countable_pids_groupings: {
 CITYSCAPES_PART_IDS = {24: 4, 25: 4, 26: 5, 27: 5, 28: 5}
 
 
+def tiles(size) -> int:
+    """Tiles of one image of `size` (H, W)."""
+    return max(size[0] // TILE, 1) * max(size[1] // TILE, 1)
+
+
 def palette(n: int) -> np.ndarray:
     """(n, 3) uint8 distinct colours, one per class (seeded)."""
     return np.random.default_rng(1234).integers(20, 236, (n, 3), dtype=np.uint8)
@@ -59,7 +64,7 @@ def scene(index: int, h: int, w: int, values: np.ndarray, colours: np.ndarray, s
     """(RGB image (h, w, 3), label (h, w) of `values`, tile grid of class indices): tile t of image `index`
     shows class (index · tiles + t) mod len(values), in its colour over seeded noise."""
     rows, cols = max(h // TILE, 1), max(w // TILE, 1)
-    k = np.arange(rows * cols) + index * rows * cols
+    k = np.arange(rows * cols) + index * tiles((h, w))
     grid = (k % len(values)).reshape(rows, cols)
     ys = np.minimum(np.arange(h) * rows // h, rows - 1)
     xs = np.minimum(np.arange(w) * cols // w, cols - 1)

@@ -255,7 +255,8 @@ def units(stage: str, params: dict, preset: str) -> tuple[int, str]:
 
 
 def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: int = 20220227,
-             source: Path | None = None, size: tuple | None = None, extra: dict | None = None) -> Rehearsal:
+             source: Path | None = None, size: tuple | None = None, extra: dict | None = None,
+             faithfulness: int | None = None) -> Rehearsal:
     """Rehearse `preset` under `work/<preset>/` (see the module's docstring). `size` and `extra` (overrides
     applied last) exist for the tests, which rehearse the mechanism at tiny sizes."""
     source = source or repo_root()
@@ -270,6 +271,8 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
     (repo / "src" / "sitecustomize.py").write_text(GPU_HOOK)
     write(preset, repo / "data" / preset, n_train, n_val, size)
     params = rehearsal_params(yaml.safe_load((repo / "params.yaml").read_text()), preset, seed)
+    if faithfulness is not None:
+        set_key(params, f"presets.{preset}.eval.faithfulness_images", faithfulness)
     for k, v in (extra or {}).items():
         set_key(params, k, v)
     if params["presets"][preset]["model"].get("backbone") == "resnet101":
@@ -321,6 +324,46 @@ def table(r: Rehearsal) -> str:
     return "\n".join(lines)
 
 
+# The overview's rows: (label, stage name before '@', method or None for any), the slowest matching stage shown.
+OVERVIEW = (("prepare", "prepare", None), ("train deeplab", "train", "deeplab"), ("train protoseg", "train", "protoseg"),
+            ("train scaleprotoseg", "train", "scaleprotoseg"), ("groups", "groups", None),
+            ("project protoseg", "project", "protoseg"), ("project scaleprotoseg", "project", "scaleprotoseg"),
+            ("project groups", "project_groups", None), ("evaluate (slowest method)", "evaluate*", None),
+            ("interpret (slowest method)", "interpret*", None), ("report", "report", None),
+            ("package (largest)", "package*", None))
+
+
+def overview(results: list[Rehearsal]) -> str:
+    """One table for several presets: per kind of stage, wall time per unit, the largest process, outputs."""
+    head = ["stage", *[f"{r.preset} ({r.image_size[0]}×{r.image_size[1]})" for r in results]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, name, method in OVERVIEW:
+        cells = []
+        for r in results:
+            def match(s):
+                stage, _, item = s.stage.partition("@")
+                ok = stage in (name.rstrip("*"), name.rstrip("*") + "_groups") if name.endswith("*") else stage == name
+                return ok and (method is None or item.rsplit("-", 1)[0] == method)
+            found = [s for s in r.stages if match(s)]
+            if not found:
+                cells.append("—")
+                continue
+            s = max(found, key=lambda s: s.seconds)
+            per = f"{s.seconds / s.units:.0f} s/{s.unit}" if s.units else f"{s.seconds:.0f} s"
+            big = max(found, key=lambda s: s.output_mb)
+            cells.append(f"{per}, {max(x.max_rss_mb for x in found) / 1024:.1f} GB, {big.output_mb:.0f} MB")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    totals = [f"{sum(s.seconds for s in r.stages) / 60:.0f} min, {max(s.max_rss_mb for s in r.stages) / 1024:.1f} GB"
+              for r in results]
+    lines.append("| **whole pipeline** | " + " | ".join(totals) + " |")
+    return "\n".join(lines)
+
+
+def load(path: Path) -> Rehearsal:
+    d = json.loads(Path(path).read_text())
+    return Rehearsal(**{**d, "image_size": tuple(d["image_size"]), "stages": [StageRun(**s) for s in d["stages"]]})
+
+
 def save(r: Rehearsal, work: Path) -> None:
     with atomic_path(work / f"{r.preset}.json") as tmp:
         tmp.write_text(json.dumps(asdict(r), indent=1))
@@ -330,24 +373,36 @@ def save(r: Rehearsal, work: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", required=True, help=f"one of {', '.join(PRESETS)}, or all")
+    ap.add_argument("--preset", help=f"one of {', '.join(PRESETS)}, or all")
+    ap.add_argument("--overview", action="store_true", help="print one table of the presets already rehearsed "
+                    "(rehearsal/<preset>.json) and exit")
     ap.add_argument("--work", default="rehearsal", help="folder for the copies and the tables (relative to the repository)")
     ap.add_argument("--train", type=int, default=8, help="training images (EM: slices besides the 10 of validation); "
                     "at least ProtoSeg's prune_k (6): pruning ranks one patch per image")
     ap.add_argument("--val", type=int, default=2, help="validation images (EM: always 10; 2 are evaluated)")
+    ap.add_argument("--faithfulness", type=int, default=None,
+                    help="images of the faithfulness curves in the interpret stages (default 1); each costs about "
+                         "120 forward passes at the evaluation size, an hour per stage on 2 CPU cores at Cityscapes' "
+                         "1024 × 2048, so 0 leaves them out of a CPU rehearsal")
     a = ap.parse_args(argv)
+    root = repo_root()
+    work = Path(a.work) if Path(a.work).is_absolute() else root / a.work
+    if a.overview:
+        done = [load(work / f"{p}.json") for p in PRESETS if (work / f"{p}.json").is_file()]
+        print(overview(done) if done else f"no rehearsal under {work}: run --preset first")
+        return
+    if not a.preset:
+        ap.error("--preset is required (or --overview)")
     presets = PRESETS if a.preset == "all" else (a.preset,)
     if any(p not in PRESETS for p in presets):
         ap.error(f"--preset {a.preset!r}: choose one of {', '.join(PRESETS)}, or all")
-    root = repo_root()
-    work = Path(a.work) if Path(a.work).is_absolute() else root / a.work
     work.mkdir(parents=True, exist_ok=True)
     def stop(signum, frame):
         raise SystemExit(f"rehearsal stopped by signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
     for p in presets:
-        r = rehearse(p, work, a.train, a.val, source=root)
+        r = rehearse(p, work, a.train, a.val, source=root, faithfulness=a.faithfulness)
         save(r, work)
         print(table(r), flush=True)
 

@@ -8,8 +8,8 @@ The model is trained once (the rehearsal's one update per phase) on the 1× data
 size; the raw data of each size is written in the preset's download layout (`raw_layouts.py`), `--base`
 training and `--base` validation images per factor. What grows with the images is measured with all of
 them: the projection pass over the projection split, the evaluation and the consistency / stability pass over
-the whole validation split (`eval.max_images: 0`); the fine-tuning, the explorer and the faithfulness images
-are fixed counts. Per stage and size: seconds, seconds per image (the projection: its pass only, as the stage
+the whole validation split (`eval.max_images: 0`); the fine-tuning and the explorer's images are fixed counts,
+and the faithfulness curves (a fixed count too, measured by the rehearsal) are left out. Per stage and size: seconds, seconds per image (the projection: its pass only, as the stage
 records it), the peak resident memory of the stage's process. Time per image must stay flat and memory must
 not grow with the count: every pass streams its images. The table and a figure go to
 `rehearsal/scaling-<preset>.{md,json,png}`.
@@ -69,6 +69,7 @@ def scaling(preset: str, work: Path, method: str = "scaleprotoseg", base: int = 
     params = rehearsal_params(yaml.safe_load((root / "params.yaml").read_text()), preset, 20220227)
     set_key(params, "experiment.methods", [method])
     set_key(params, f"presets.{preset}.eval.max_images", 0)
+    set_key(params, f"presets.{preset}.eval.faithfulness_images", 0)  # a fixed count, measured by the rehearsal
     for k, v in (extra or {}).items():
         set_key(params, k, v)
     model = params["presets"][preset]["model"]
