@@ -691,11 +691,11 @@ def test_dvc_repro_evaluates_a_released_model_end_to_end(tmp_path):
                          text=True, timeout=900, env=run_env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for m in ("scaleprotoseg", "scaleprotoseg_groups"):
-        summary = yaml.safe_load((repo / f"artifacts/train/{m}/seed-{seed}/train_summary.json").read_text())
+        summary = yaml.safe_load((repo / f"artifacts/train/folder/{m}/seed-{seed}/train_summary.json").read_text())
         assert summary["steps"] == 0 and summary["released"] == "released/groups.pth"
-    projected, _, _ = load_model(repo / f"artifacts/project/scaleprotoseg/seed-{seed}/model.pt")
+    projected, _, _ = load_model(repo / f"artifacts/project/folder/scaleprotoseg/seed-{seed}/model.pt")
     released_vectors = groups.prototype_vectors.detach().flatten(1)
     assert torch.equal(projected.prototypes.vectors.detach(), released_vectors)  # kept as released, not re-projected
-    metrics = yaml.safe_load((repo / f"reports/evaluate/scaleprotoseg_groups/seed-{seed}/dvclive/metrics.json").read_text())
-    evaluated = yaml.safe_load((repo / f"reports/evaluate/scaleprotoseg_groups/seed-{seed}/summary.json").read_text())
+    metrics = yaml.safe_load((repo / f"reports/evaluate/folder/scaleprotoseg_groups/seed-{seed}/dvclive/metrics.json").read_text())
+    evaluated = yaml.safe_load((repo / f"reports/evaluate/folder/scaleprotoseg_groups/seed-{seed}/summary.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and evaluated["images"] > 0

@@ -16,8 +16,8 @@ the file), rebuilds the network with `models.build.rebuild` (the same code that 
 loads `model.safetensors`: JSON and safetensors only, so a poisoned pickle beside them is never opened.
 `huggingface_hub.upload_folder(folder_path=<package>, repo_id=...)` publishes a package as it is.
 
-    python -m scaleprotoseg.package --model artifacts/project/scaleprotoseg/seed-0/model.pt --out my_package \\
-        [--evaluate reports/evaluate/scaleprotoseg/seed-0] [--interpret reports/interpret/scaleprotoseg/seed-0]
+    python -m scaleprotoseg.package --model artifacts/project/embedded/scaleprotoseg/seed-0/model.pt --out my_package \\
+        [--evaluate reports/evaluate/embedded/scaleprotoseg/seed-0] [--interpret reports/interpret/embedded/scaleprotoseg/seed-0]
 """
 
 from __future__ import annotations
@@ -236,11 +236,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scaleprotoseg.package", description=(
         "Package a trained model (model.pt) as model.safetensors + config.json + README.md (a model card), the "
         "Hugging Face Hub layout; load it with scaleprotoseg.package.load_pretrained."))
-    ap.add_argument("--model", required=True, help="a model.pt: artifacts/project/<method>/seed-<n>/ (or train/ for "
+    ap.add_argument("--model", required=True, help="a model.pt: artifacts/project/<dataset>/<method>/seed-<n>/ (or train/ for "
                     "deeplab), or one written by `python -m scaleprotoseg.import_official`")
     ap.add_argument("--out", required=True, help="the package folder (replaced as a whole)")
-    ap.add_argument("--evaluate", default=None, help="reports/evaluate/<method>/seed-<n>: its summary.json goes into the card")
-    ap.add_argument("--interpret", default=None, help="reports/interpret/<method>/seed-<n>: its metrics and gallery")
+    ap.add_argument("--evaluate", default=None, help="reports/evaluate/<dataset>/<method>/seed-<n>: its summary.json goes into the card")
+    ap.add_argument("--interpret", default=None, help="reports/interpret/<dataset>/<method>/seed-<n>: its metrics and gallery")
     ap.add_argument("--licence", default=DEFAULT_LICENCE, help=f"the card's licence field (default {DEFAULT_LICENCE!r})")
     args = ap.parse_args(argv)
     try:

@@ -1,6 +1,6 @@
 """Segment a folder of images with a trained model (a package folder or a `model.pt`).
 
-    python -m scaleprotoseg.predict --model artifacts/package/scaleprotoseg/seed-0 --images photos/ \\
+    python -m scaleprotoseg.predict --model artifacts/package/embedded/scaleprotoseg/seed-0 --images photos/ \\
         --out predictions/ [--overlay] [--strict] [--batch-size 4] [--device auto]
 
 Each image (any size) goes through the evaluation transform the model was evaluated with (the preset's
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scaleprotoseg.predict", description=(
         "Segment a folder of images with a trained model: palette PNG masks in the dataset's label values, "
         "optional overlays, and a CSV of class areas (and of the pixels each prototype or group won)."))
-    ap.add_argument("--model", required=True, help="a model package folder (artifacts/package/<method>/seed-<n>) or a model.pt")
+    ap.add_argument("--model", required=True, help="a model package folder (artifacts/package/<dataset>/<method>/seed-<n>) or a model.pt")
     ap.add_argument("--images", required=True, nargs="+", help="folders of images and/or image files")
     ap.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
     ap.add_argument("--overlay", action="store_true", help="also write the image with the mask blended in")

@@ -169,7 +169,7 @@ def _bad(tmp_path, case, ws):
     ("missing image", r"nope.jpg: no such image file; give --image the path of a PNG or JPEG"),
     ("unreadable image", r"notes.png is not a readable image .*give --image a PNG or JPEG"),
     ("deeplab as checkpoint", r"is a DeepLab checkpoint: it has no prototypes to explain with.*pass this file as --gradcam"),
-    ("missing checkpoint", r"--checkpoint .*none.pt: no such checkpoint.*artifacts/project/<method>/seed-<n>"),
+    ("missing checkpoint", r"--checkpoint .*none.pt: no such checkpoint.*artifacts/project/<dataset>/<method>/seed-<n>"),
     ("random bytes", r"random.pt is not a model checkpoint of this project \(unreadable as a PyTorch file\)"),
     ("foreign torch file", r"foreign.pt is not a model checkpoint of this project \(another format\)"),
     ("prototype model as gradcam", r"--gradcam .* is a protoseg checkpoint; --gradcam takes a DeepLab one"),

@@ -59,7 +59,7 @@ def test_the_first_experiment_compares_with_the_saved_baseline(tmp_path):
     run(["bash", "-c", makefile_baseline_command()], repo)
     assert "baseline" in run([DVC, "exp", "list", "--name-only"], repo).stdout
 
-    model = repo / f"artifacts/train/deeplab/seed-{seed}/model.pt"
+    model = repo / f"artifacts/train/embedded/deeplab/seed-{seed}/model.pt"
     baseline_model = hashlib.sha256(model.read_bytes()).hexdigest()
 
     run([DVC, "exp", "run", "-S", "++presets.embedded.deeplab.steps=3", stage], repo)

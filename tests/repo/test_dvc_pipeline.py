@@ -152,6 +152,7 @@ PKG = SRC / "scaleprotoseg"
 # The package's floors, top to bottom: every import goes to a module of its own floor or of a floor below.
 # A module's floor is that of the first name matching it (a package's name covers its modules).
 FLOORS = (
+    ("tools.scaling",),  # measures the stages themselves, one process per stage
     ("stages",),  # what the notebooks run
     ("explain", "tools", "import_official", "predict", "package", "model_card"),  # explanations, the entry points
     # run by hand, the released weights, model packages
@@ -334,15 +335,15 @@ def test_changing_the_group_threshold_reruns_only_the_thresholding(tiny_repo):
 @pytest.mark.slow
 def test_exp_run_temp_trains_with_the_experiments_params(tiny_repo):
     """`dvc exp run --temp` runs the stage in a copy of the repository: the override must reach training."""
-    assert json.loads((tiny_repo / f"artifacts/train/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 1
+    assert json.loads((tiny_repo / f"artifacts/train/embedded/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 1
     dvc("exp", "run", "--temp", "-S", "presets.embedded.deeplab.steps=3", f"train@deeplab-{SEED}", cwd=tiny_repo)
     # the workspace itself is untouched by the temporary experiment ...
-    assert json.loads((tiny_repo / f"artifacts/train/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 1
+    assert json.loads((tiny_repo / f"artifacts/train/embedded/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 1
     # ... and the experiment trained with its own override
     (name,) = dvc("exp", "list", "--name-only", cwd=tiny_repo).stdout.split()
     dvc("exp", "apply", name, cwd=tiny_repo, check=False)  # (stages this tiny run never ran cannot be checked out)
     assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["presets"]["embedded"]["deeplab"]["steps"] == 3
-    assert json.loads((tiny_repo / f"artifacts/train/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 3
+    assert json.loads((tiny_repo / f"artifacts/train/embedded/deeplab/seed-{SEED}/train_summary.json").read_text())["steps"] == 3
 
 
 @needs_dvc

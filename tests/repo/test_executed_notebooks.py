@@ -21,12 +21,13 @@ from scaleprotoseg.paths import repo_root
 pytestmark = pytest.mark.slow
 
 ROOT = repo_root()
+RECORDS = "reports/${experiment.dataset}"  # where dvc.yaml writes the executed notebooks and runs their kernels
 
 
 def papermill_flags() -> list[str]:
-    """The papermill options dvc.yaml runs every stage notebook with (e.g. `--cwd reports`)."""
+    """The papermill options dvc.yaml runs every stage notebook with (e.g. `--cwd reports/<dataset>`)."""
     cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
-    words = cmd.split()
+    words = [w.strip("'") for w in cmd.split()]
     i = words.index("papermill")
     flags = []
     for w in words[i + 1:]:
@@ -38,7 +39,7 @@ def papermill_flags() -> list[str]:
 
 def execute(notebook: str, out_dir: Path, **params) -> dict:
     """Run notebooks/<notebook> as dvc.yaml does, the record written to `out_dir`/<notebook>."""
-    flags = [f if f != "reports" else str(out_dir) for f in papermill_flags()]
+    flags = [f if f != RECORDS else str(out_dir) for f in papermill_flags()]
     args = [sys.executable, "-m", "papermill", *flags, str(ROOT / "notebooks" / notebook), str(out_dir / notebook)]
     for k, v in {"smoke": True, **params}.items():
         args += ["-p", k, str(v)]
@@ -65,7 +66,9 @@ def cell_outputs(nb: dict, needle: str) -> list[dict]:
 
 def test_papermill_runs_the_kernel_where_the_record_is_written():
     flags = papermill_flags()
-    assert "--cwd" in flags and flags[flags.index("--cwd") + 1] == "reports"
+    assert "--cwd" in flags and flags[flags.index("--cwd") + 1] == RECORDS
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
+    assert f"'{RECORDS}/20_train_" in cmd  # the record is written where its kernel runs
 
 
 @pytest.mark.parametrize("notebook,method", [("20_train.ipynb", "scaleprotoseg"), ("35_groups.ipynb", "scaleprotoseg_groups")])

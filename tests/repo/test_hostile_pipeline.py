@@ -139,7 +139,7 @@ def test_a_config_error_stops_dvc_before_it_deletes_any_output(tmp_path):
     repo = tiny_copy(tmp_path)
     dvc("repro", f"evaluate@deeplab-{SEED}", cwd=repo)
     before = digest(repo)
-    assert f"reports/evaluate/deeplab/seed-{SEED}/summary.json" in before and check.STAMP in before
+    assert f"reports/evaluate/embedded/deeplab/seed-{SEED}/summary.json" in before and check.STAMP in before
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["presets"]["embedded"]["eval"]["n_examples"] = 0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -60,7 +60,7 @@ def test_relative_pretrained_path_is_read_from_the_repository(tmp_path, monkeypa
     torch.save({"conv1.weight": torch.ones(1)}, root / rel)
     try:
         (root / "reports").mkdir(exist_ok=True)
-        monkeypatch.chdir(root / "reports")  # where the stage kernels run (papermill --cwd reports)
+        monkeypatch.chdir(root / "reports")  # where the stage kernels run (papermill --cwd reports/<dataset>)
         assert imagenet_state_dict(rel)["conv1.weight"].item() == 1.0
         with pytest.raises(ConfigError, match="does not exist"):
             imagenet_state_dict(".tmp/absent.pth")

@@ -25,8 +25,8 @@ from ..errors import ArtifactError
 from ..models.build import load_model
 from ..models.checkpoint import load_checkpoint
 
-WHERE_MODELS = ("a prototype model is the model.pt the project stage writes (artifacts/project/<method>/seed-<n>/), "
-                "a DeepLab model the one the train stage writes (artifacts/train/deeplab/seed-<n>/)")
+WHERE_MODELS = ("a prototype model is the model.pt the project stage writes (artifacts/project/<dataset>/<method>/seed-<n>/), "
+                "a DeepLab model the one the train stage writes (artifacts/train/<dataset>/deeplab/seed-<n>/)")
 
 
 def head_logits(model: nn.Module, feats: torch.Tensor, size) -> torch.Tensor:
@@ -105,7 +105,7 @@ def load_gradcam_model(path: str | Path, device, classes, option: str = "--gradc
     method = (read_checkpoint(path, option).get("config") or {}).get("method")
     if method != "deeplab":
         raise ArtifactError(f"{option} {path} is a {method} checkpoint; {option} takes a DeepLab one "
-                            "(artifacts/train/deeplab/seed-<n>/model.pt).")
+                            "(artifacts/train/<dataset>/deeplab/seed-<n>/model.pt).")
     model, _, payload = load_model(path, device, "the train stage")
     if list(payload["classes"]) != list(classes):
         raise ArtifactError(f"{option} {path} predicts {len(payload['classes'])} classes {list(payload['classes'])[:4]}…, "

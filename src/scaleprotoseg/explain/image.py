@@ -1,7 +1,7 @@
 """Explain any image file with a saved prototype model (the command line: `python -m scaleprotoseg.explain`).
 
-    python -m scaleprotoseg.explain --checkpoint artifacts/project/scaleprotoseg_groups/seed-0/model.pt \\
-        --image photo.jpg --out reports/explain [--gradcam artifacts/train/deeplab/seed-0/model.pt] \\
+    python -m scaleprotoseg.explain --checkpoint artifacts/project/embedded/scaleprotoseg_groups/seed-0/model.pt \\
+        --image photo.jpg --out reports/explain [--gradcam artifacts/train/embedded/deeplab/seed-0/model.pt] \\
         [--size 512] [--classes 3] [--device auto]
 
 The image (PNG, JPEG, any size) is shrunk so that its longer side is at most `--size` pixels and normalised

@@ -24,7 +24,7 @@ def interpret(cfg: RunConfig, data_root: Path, project_dir: Path, report_dir: Pa
     from saved artifacts only (never retrains); black-box deeplab has none. Writes `summary.json`, the
     headline metrics through DVCLive (which `dvc metrics show/diff` compare), per-prototype and per-class
     tables, the figures and the interactive explorer (`explorer.html`). `deeplab_dir`: the DeepLab baseline
-    of the same seed (`artifacts/train/deeplab/seed-<s>`), whose Grad-CAM maps the explanation figure and the
+    of the same seed (`artifacts/train/<dataset>/deeplab/seed-<s>`), whose Grad-CAM maps the explanation figure and the
     explorer show beside the prototype / group maps (left out, and said so, when it is absent)."""
     from .. import interpretability as it
     from ..models.prototypes import prototype_names

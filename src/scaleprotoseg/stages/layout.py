@@ -1,5 +1,6 @@
 """Where the pipeline keeps each artifact: one folder per dataset, method and seed, relative to the repository
-root. `dvc.yaml` writes the same paths (a test checks every stage against `table.STAGES`)."""
+root (so running another dataset never replaces a dataset's models or reports; the executed notebooks are
+under `reports/<dataset>/`). `dvc.yaml` writes the same paths (a test checks every stage against `table.STAGES`)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ from ..paths import repo_root
 
 LAYOUT = {
     "prepared": "artifacts/prepared/{dataset}",
-    "prepare_reports": "reports/prepare",
-    "report": "reports/report",
-    "train": "artifacts/train/{method}/seed-{seed}",
-    "start_project": "artifacts/project/{start}/seed-{seed}",  # the projected model a method starts from
-    "deeplab_train": "artifacts/train/deeplab/seed-{seed}",
-    "project": "artifacts/project/{method}/seed-{seed}",
-    "export": "artifacts/export/{method}/seed-{seed}",
-    "package": "artifacts/package/{method}/seed-{seed}",
-    "train_reports": "reports/train/{method}/seed-{seed}",
-    "project_reports": "reports/project/{method}/seed-{seed}",
-    "evaluate_reports": "reports/evaluate/{method}/seed-{seed}",
-    "interpret_reports": "reports/interpret/{method}/seed-{seed}",
+    "prepare_reports": "reports/prepare/{dataset}",
+    "report": "reports/report/{dataset}",
+    "train": "artifacts/train/{dataset}/{method}/seed-{seed}",
+    "start_project": "artifacts/project/{dataset}/{start}/seed-{seed}",  # the projected model a method starts from
+    "deeplab_train": "artifacts/train/{dataset}/deeplab/seed-{seed}",
+    "project": "artifacts/project/{dataset}/{method}/seed-{seed}",
+    "export": "artifacts/export/{dataset}/{method}/seed-{seed}",
+    "package": "artifacts/package/{dataset}/{method}/seed-{seed}",
+    "train_reports": "reports/train/{dataset}/{method}/seed-{seed}",
+    "project_reports": "reports/project/{dataset}/{method}/seed-{seed}",
+    "evaluate_reports": "reports/evaluate/{dataset}/{method}/seed-{seed}",
+    "interpret_reports": "reports/interpret/{dataset}/{method}/seed-{seed}",
 }
 
 

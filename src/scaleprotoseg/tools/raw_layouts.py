@@ -93,7 +93,7 @@ def _border(label: np.ndarray, value: int = 255) -> np.ndarray:
 
 def _part_ids(cls_map: np.ndarray, has_parts: np.ndarray, n_parts: np.ndarray) -> np.ndarray:
     """Per pixel a part id 1..n of its class's parts (horizontal bands within each tile), 0 where none."""
-    h, w = cls_map.shape
+    h = cls_map.shape[0]
     band = (np.arange(h) % TILE) * 4 // TILE  # 0..3 down each tile
     pid = (band[:, None] % np.maximum(n_parts[cls_map], 1)) + 1
     return np.where(has_parts[cls_map], pid, 0)

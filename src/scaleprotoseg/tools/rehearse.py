@@ -32,8 +32,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +40,7 @@ import yaml
 from ..atomic import atomic_path
 from ..config import set_key
 from ..paths import repo_root
+from .measure import disk, measured
 from .raw_layouts import SIZES, write
 
 PRESETS = ("pascal", "cityscapes", "ade20k", "coco_stuff", "em")
@@ -165,81 +164,6 @@ def stage_order(repo: Path, env: dict) -> list[tuple[str, list[str]]]:
     return [(name, outs) for name, outs in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
-class Sampler(threading.Thread):
-    """Peak proportional set size of a process and all its descendants, sampled every `every` seconds."""
-
-    def __init__(self, pid: int, every: float = 0.2):
-        super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self.done = pid, every, 0, threading.Event()
-
-    def run(self):
-        import psutil
-
-        while not self.done.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                return
-            total = 0
-            for p in procs:
-                try:
-                    info = p.memory_full_info()
-                    total += getattr(info, "pss", info.rss)
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-            self.done.wait(self.every)
-
-
-def measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[float, float, float, int]:
-    """Run `cmd`; (seconds, max RSS of one process MB, peak PSS of all MB, exit code)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    sampler = Sampler(proc.pid)
-    sampler.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:  # Ctrl-C or SIGTERM: nothing of the stage (its kernel runs in a session of its own) lives on
-        kill_tree(proc.pid)
-        raise
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    sampler.done.set()
-    sampler.join()
-    return seconds, usage.ru_maxrss / 1024, sampler.peak / 2**20, proc.returncode
-
-
-def kill_tree(pid: int) -> None:
-    import psutil
-
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.Error:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-
-
-def disk(repo: Path, outs: list[str]) -> tuple[float, str, float]:
-    """(MB under the outputs, the largest file, its MB)."""
-    total, big, big_size = 0, "", 0
-    for out in outs:
-        p = repo / out
-        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
-        for f in files:
-            s = f.stat().st_size
-            total += s
-            if s > big_size:
-                big, big_size = str(f.relative_to(repo)), s
-    return total / 2**20, big, big_size / 2**20
-
-
 def units(stage: str, params: dict, preset: str) -> tuple[int, str]:
     """What a stage's time divides by: mini-batches for training (all phases), images otherwise."""
     name, _, item = stage.partition("@")
@@ -340,7 +264,7 @@ def overview(results: list[Rehearsal]) -> str:
     for label, name, method in OVERVIEW:
         cells = []
         for r in results:
-            def match(s):
+            def match(s, name=name, method=method):
                 stage, _, item = s.stage.partition("@")
                 ok = stage in (name.rstrip("*"), name.rstrip("*") + "_groups") if name.endswith("*") else stage == name
                 return ok and (method is None or item.rsplit("-", 1)[0] == method)

@@ -28,8 +28,10 @@ import yaml
 from ..atomic import atomic_path
 from ..config import set_key
 from ..paths import repo_root
+from ..stages.layout import layout
+from .measure import measured
 from .raw_layouts import SIZES, write
-from .rehearse import measured, random_resnet101, rehearsal_params
+from .rehearse import random_resnet101, rehearsal_params
 
 STAGES = ("prepare", "project", "evaluate", "interpret")
 
@@ -39,7 +41,8 @@ def stage_main(argv) -> None:
     from ..config import load_config
     from ..stages.layout import LAYOUT, layout
     from ..stages.prepare import prepare_dataset
-    from ..stages.table import STAGES as TABLE, call_paths
+    from ..stages.table import STAGES as TABLE
+    from ..stages.table import call_paths
 
     stage, params_file, root, method = argv
     params, root = json.loads(Path(params_file).read_text()), Path(root)
@@ -105,7 +108,7 @@ def scaling(preset: str, work: Path, method: str = "scaleprotoseg", base: int = 
             images = {"prepare": 2 * n if preset != "em" else n + 10, "project": n, "evaluate": val, "interpret": val}[stage]
             per = seconds / images
             if stage == "project":
-                proj = json.loads((run_root / f"artifacts/project/{method}/seed-{seed}/projection.json").read_text())
+                proj = json.loads((run_root / layout("project", preset, method, seed) / "projection.json").read_text())
                 per = proj["projection_pass_seconds"] / images
             row = {"factor": f, "stage": stage, "images": images, "seconds": round(seconds, 1),
                    "s_per_image": round(per, 3), "max_rss_mb": round(rss), "peak_pss_mb": round(pss)}

@@ -1,0 +1,89 @@
+"""How much a command costs: its wall time, the peak resident memory of its largest process (`wait4`'s
+`ru_maxrss`, exact), the peak memory of all its processes together (proportional set size, sampled, so
+shared pages count once) and the size of what it wrote. Used by the rehearsal and the scaling measurement;
+the measuring process should not have imported torch, whose pages a forked child would count as its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+
+class Sampler(threading.Thread):
+    """Peak proportional set size of a process and all its descendants, sampled every `every` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self.done = pid, every, 0, threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self.done.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    info = p.memory_full_info()
+                    total += getattr(info, "pss", info.rss)
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            self.done.wait(self.every)
+
+
+def measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[float, float, float, int]:
+    """Run `cmd`; (seconds, max RSS of one process MB, peak PSS of all MB, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # Ctrl-C or SIGTERM: nothing of the stage (its kernel runs in a session of its own) lives on
+        kill_tree(proc.pid)
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    sampler.done.set()
+    sampler.join()
+    return seconds, usage.ru_maxrss / 1024, sampler.peak / 2**20, proc.returncode
+
+
+def kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def disk(repo: Path, outs: list[str]) -> tuple[float, str, float]:
+    """(MB under the outputs, the largest file, its MB)."""
+    total, big, big_size = 0, "", 0
+    for out in outs:
+        p = repo / out
+        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
+        for f in files:
+            s = f.stat().st_size
+            total += s
+            if s > big_size:
+                big, big_size = str(f.relative_to(repo)), s
+    return total / 2**20, big, big_size / 2**20
+
+
