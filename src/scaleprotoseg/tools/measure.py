@@ -13,9 +13,11 @@ from pathlib import Path
 
 
 class Sampler(threading.Thread):
-    """Peak proportional set size of a process and all its descendants, sampled every `every` seconds."""
+    """Peak proportional set size of a process and all its descendants, sampled every `every` seconds. Reading
+    the PSS of a process of several GB walks its page tables: every 0.2 s that took a quarter of a core,
+    every second about a twentieth."""
 
-    def __init__(self, pid: int, every: float = 0.2):
+    def __init__(self, pid: int, every: float = 1.0):
         super().__init__(daemon=True)
         self.pid, self.every, self.peak, self.done = pid, every, 0, threading.Event()
 

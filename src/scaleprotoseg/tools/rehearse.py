@@ -14,7 +14,7 @@ For each preset, under `rehearsal/<preset>/` (git-ignored; replaced by the next 
    weights from a file, random ones written by the rehearsal (no network), through `model.pretrained_path`;
 4. every DVC stage, one `dvc repro <stage>` at a time in the pipeline's order, each measured: wall time,
    peak resident memory of its largest process (the kernel, torchrun's workers: `wait4`'s `ru_maxrss`),
-   peak memory of all its processes together (proportional set size, sampled every 0.2 s, so shared pages
+   peak memory of all its processes together (proportional set size, sampled every second, so shared pages
    count once), peak GPU memory (`torch.cuda.max_memory_allocated` of each process, on a GPU), and the size
    of its outputs on disk and its largest file.
 
