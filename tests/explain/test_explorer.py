@@ -318,3 +318,34 @@ def test_a_click_in_headless_chromium_shows_the_pixels_class_and_winner(tmp_path
     if grouped:  # the page as a person sees it after the first click, kept as the test's artefact
         assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         print(f"explorer screenshot: {shot}")
+
+
+def test_large_feature_grids_are_stored_as_block_means(tmp_path, tiny_dataset, tiny_cfg, monkeypatch):
+    """A grid above MAP_SIDE (Cityscapes' 128 × 256) is stored averaged over blocks of cells: here the tiny
+    grid with MAP_SIDE = half its side, against a naive mean of each 2 × 2 block of the model's own maps."""
+    from scaleprotoseg.explain import explorer
+    from scaleprotoseg.interpretability import similarity_maps
+
+    val = PreparedDataset(tiny_dataset, "val")
+    model = _model(tiny_cfg, val, grouped=False)
+    image, _ = val.sample(0)
+    data_cfg = tiny_cfg.data
+    x = eval_transform(image, data_cfg.eval_size, data_cfg.eval_short_side, data_cfg.mean, data_cfg.std)[None]
+    with torch.no_grad():
+        full = similarity_maps(model, x).numpy()  # (P, h, w)
+    P, h, w = full.shape
+    assert h % 2 == 0 and w % 2 == 0 and h > 1
+    monkeypatch.setattr(explorer, "MAP_SIDE", max(h, w) // 2)
+    _, text = _write(tmp_path, model, val, tiny_cfg)
+    rec = _data(text)["images"][0]
+    assert (rec["fh"], rec["fw"]) == (h // 2, w // 2)
+    blocks = full.reshape(P, h // 2, 2, w // 2, 2).mean((2, 4))  # the naive block means
+    for e in rec["perClass"].values():
+        if not e["protos"]:
+            continue
+        q = np.frombuffer(base64.b64decode(e["data"]), np.uint8).reshape(len(e["protos"]), h // 2, w // 2)
+        lo, hi = np.array(e["lo"]), np.array(e["hi"])
+        back = lo[:, None, None] + q / 255 * (hi - lo)[:, None, None]
+        want = blocks[e["protos"]]
+        np.testing.assert_allclose(lo, want.min((1, 2)), rtol=1e-5, atol=1e-6)
+        assert np.abs(back - want).max() <= (hi - lo).max() / 255 + 1e-6

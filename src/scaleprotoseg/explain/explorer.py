@@ -15,8 +15,9 @@ shows its predicted class, the decision behind it and the prototypes that made i
 What is stored, to keep the page small: images as PNG data URLs (downscaled for display only, to at most
 `display_side` pixels; clicks use the label's pixel grid); the prediction, ground truth and winner maps at
 label resolution, run-length encoded (they are piecewise constant, and decide the panel exactly as Python
-does); activation maps at feature resolution, quantised to uint8 per map (min/max kept), only for the
-classes predicted in the image, and upsampled by the browser's canvas.
+does); activation maps at feature resolution (up to `MAP_SIDE` cells a side; a larger grid, such as
+Cityscapes' at 1024 × 2048, is averaged over blocks of cells), quantised to uint8 per map (min/max kept), only
+for the classes predicted in the image, and upsampled by the browser's canvas.
 
 Test hook: a URL ending in `#image=2&x=10&y=20` opens image 2 and dispatches a click on label pixel
 (x=10, y=20) through the canvas's click listener (the path of a real click; pixel-exact while the image is
@@ -45,6 +46,10 @@ from .maps import class_maps, class_members, class_weights, predict_from_sim, wi
 from .page import PAGE
 
 SALIENCY_SIDE = 64  # saliency maps are smooth: stored at most this many pixels a side
+# Activation maps are stored at feature resolution up to this many cells a side, beyond it averaged over blocks of
+# cells (area): Cityscapes' 128 × 256 grid at 64 × 128, so a 20-image page of a model predicting ~15 classes
+# per image is ~40 MB, not ~160 MB; Pascal's and ADE20K's grids (≤ 86 a side) are stored whole.
+MAP_SIDE = 128
 
 
 def write_explorer(path, model, dataset, data_cfg, device, classes, names, patches=None, boxes=None,
@@ -166,6 +171,7 @@ def _image_record(model, dataset, i, data_cfg, device, used, saliency, display_s
     gh = model.group_head
     proto_class = model.prototypes.proto_class.cpu().numpy()
     groups = gh.group_activations(sim[None])[0] if gh is not None else None  # (K·G, h, w)
+    sim, groups = _stored(sim), _stored(groups)  # what the page shows: at most MAP_SIDE cells a side
     per_class = {}
     for c in np.unique(pred).tolist():
         protos = np.flatnonzero((proto_class == c) & used)
@@ -190,6 +196,17 @@ def _image_record(model, dataset, i, data_cfg, device, used, saliency, display_s
     if saliency is not None:
         record["saliency"] = _saliency(saliency, np.unique(pred).tolist(), model.num_classes, i)
     return record
+
+
+def _stored(maps: torch.Tensor | None) -> torch.Tensor | None:
+    """(n, h, w) maps as the page stores them: whole up to MAP_SIDE a side, else averaged over blocks of cells."""
+    if maps is None or max(maps.shape[-2:]) <= MAP_SIDE:
+        return maps
+    import torch.nn.functional as F
+
+    h, w = maps.shape[-2:]
+    s = MAP_SIDE / max(h, w)
+    return F.interpolate(maps[None].float(), size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")[0]
 
 
 def _saliency(maps, wanted, num_classes, i) -> dict:
