@@ -696,6 +696,6 @@ def test_dvc_repro_evaluates_a_released_model_end_to_end(tmp_path):
     projected, _, _ = load_model(repo / f"artifacts/project/folder/scaleprotoseg/seed-{seed}/model.pt")
     released_vectors = groups.prototype_vectors.detach().flatten(1)
     assert torch.equal(projected.prototypes.vectors.detach(), released_vectors)  # kept as released, not re-projected
-    metrics = yaml.safe_load((repo / f"reports/evaluate/folder/scaleprotoseg_groups/seed-{seed}/dvclive/metrics.json").read_text())
+    metrics = yaml.safe_load((repo / f"reports/evaluate/folder/scaleprotoseg_groups/seed-{seed}/metrics.json").read_text())
     evaluated = yaml.safe_load((repo / f"reports/evaluate/folder/scaleprotoseg_groups/seed-{seed}/summary.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and evaluated["images"] > 0

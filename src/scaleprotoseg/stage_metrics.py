@@ -1,9 +1,10 @@
-"""What a stage reports for comparison, through DVCLive: `<report_dir>/dvclive/` holds the stage's
-`params.yaml` (the resolved configuration), `metrics.json` (a few headline numbers, so `dvc metrics show`
-prints one row per method, seed and stage in a table that fits a screen) and `plots/custom/*.json` (figures
-that change with an experiment, declared as DVC plots so `dvc plots diff` compares two experiments).
-Everything else a stage measures goes to `summary.json` beside it (per-class IoU: per_class_iou.csv). The
-DVCLive folder is written in a temporary folder and swapped in whole: a failed run keeps the previous one.
+"""What a stage reports for comparison: `<report_dir>/metrics.json` holds a few headline numbers (the DVC
+metrics, so `dvc metrics show` prints one row per method, seed and stage in a table that fits a screen: the
+file sits in the report folder itself, its path short), and DVCLive's `<report_dir>/dvclive/` the stage's
+`params.yaml` (the resolved configuration) and `plots/custom/*.json` (figures that change with an
+experiment, declared as DVC plots so `dvc plots diff` compares two experiments). Everything else a stage
+measures goes to `summary.json` beside them (per-class IoU: per_class_iou.csv). Each is replaced atomically
+(the DVCLive folder whole): a failed run keeps the previous ones.
 
 `dvc plots show` writes plot data into a `<script>` of its page without escaping it, so a class named
 `</script><script>…` would run as code there: in plot data, text values carry `<` and `>` as the look-alikes
@@ -43,8 +44,9 @@ def flat_params(config: dict, sep: str = ".") -> dict:
 
 def write_results(report_dir: Path, summary: dict, stage: str, params: dict | None = None,
                   plots: dict[str, tuple[list[dict], str, str, str]] | None = None) -> None:
-    """`summary.json` (everything) and the DVCLive folder: params, the headline metrics that exist and the
-    custom plots (`name: (datapoints, x, y, template)`)."""
+    """`summary.json` (everything), the DVCLive folder (params and the custom plots, `name: (datapoints, x, y,
+    template)`) and `metrics.json` (the headline metrics that exist; `{}` when none, e.g. deeplab's
+    interpretability)."""
     from dvclive import Live
 
     report_dir = Path(report_dir)
@@ -52,12 +54,9 @@ def write_results(report_dir: Path, summary: dict, stage: str, params: dict | No
     with atomic_dir(report_dir / "dvclive") as tmp:
         live = Live(str(tmp), save_dvc_exp=False, dvcyaml=None, report=None, resume=False)
         live.log_params(flat_params(params or {}))
-        for name, k in HEADLINE[stage].items():
-            if summary.get(k) is not None:
-                live.log_metric(name, float(summary[k]), plot=False)
         for name, (datapoints, x, y, template) in (plots or {}).items():
             live.log_plot(name, page_safe(datapoints), x=x, y=y, template=template)
         live.end()
-        if not (tmp / "metrics.json").is_file():  # a method with no such numbers (deeplab's interpretability)
-            write_json(tmp / "metrics.json", {})
         (tmp / "plots").mkdir(exist_ok=True)  # a declared DVC plots folder, empty when there is nothing to plot
+    write_json(report_dir / "metrics.json",
+               {name: float(summary[k]) for name, k in HEADLINE[stage].items() if summary.get(k) is not None})

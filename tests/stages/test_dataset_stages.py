@@ -106,13 +106,13 @@ def test_notebooks_run_the_pascal_layout_like_dvc_does(tmp_path, params):
         assert res.returncode == 0, f"{nb}: {res.stderr[-3000:]}"
     metrics = yaml.safe_load((rep / "evaluate" / m / "summary.json").read_text())
     assert set(metrics["iou"]) == set(read_meta(art / "prepared/pascal").classes)
-    headline = yaml.safe_load((rep / "evaluate" / m / "dvclive" / "metrics.json").read_text())
+    headline = yaml.safe_load((rep / "evaluate" / m / "metrics.json").read_text())
     assert set(headline) == {"miou", "pixel_acc", "prototypes"} and headline["miou"] == metrics["miou"]
     assert headline["pixel_acc"] == metrics["pixel_accuracy"]
     interp = yaml.safe_load((rep / "interpret" / m / "summary.json").read_text())
     assert interp["consistency_evaluated"] > 0
     assert np.isfinite(interp["stability"])
-    assert {"consistency", "stability"} <= set(yaml.safe_load((rep / "interpret" / m / "dvclive" / "metrics.json").read_text())) <= {
+    assert {"consistency", "stability"} <= set(yaml.safe_load((rep / "interpret" / m / "metrics.json").read_text())) <= {
         "consistency", "stability", "del_auc", "ins_auc"}
     params = yaml.safe_load((rep / "evaluate" / m / "dvclive" / "params.yaml").read_text())
     assert params["dataset"] == "pascal" and params["method"] == m  # the run's params through DVCLive

@@ -83,7 +83,7 @@ def test_train_evaluate_and_curves(tmp_path, tiny_dataset, tiny_cfg):
     out = evaluate_stage(tiny_cfg, tiny_dataset, tmp_path / "train", tmp_path / "proj", tmp_path / "eval", progress=False)
     m = out["metrics"]
     assert m["images"] == 3 and 0 <= m["miou"] <= 100
-    for f in ("dvclive/metrics.json", "dvclive/params.yaml", "dvclive/plots/custom/per_class_iou.json",
+    for f in ("metrics.json", "dvclive/params.yaml", "dvclive/plots/custom/per_class_iou.json",
               "per_class_iou.csv", "confusion.png", "predictions.png"):
         assert (tmp_path / "eval" / f).is_file()
     bars = json.loads((tmp_path / "eval" / "dvclive/plots/custom/per_class_iou.json").read_text())
