@@ -152,7 +152,7 @@ PKG = SRC / "scaleprotoseg"
 # The package's floors, top to bottom: every import goes to a module of its own floor or of a floor below.
 # A module's floor is that of the first name matching it (a package's name covers its modules).
 FLOORS = (
-    ("tools.scaling",),  # measures the stages themselves, one process per stage
+    ("tools.scaling", "tools.rehearse"),  # measure the stages themselves (their layout, their functions)
     ("stages",),  # what the notebooks run
     ("explain", "tools", "import_official", "predict", "package", "model_card"),  # explanations, the entry points
     # run by hand, the released weights, model packages

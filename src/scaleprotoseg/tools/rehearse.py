@@ -88,6 +88,7 @@ class StageRun:
     largest_file_mb: float
     units: int                  # steps (training) or images (evaluation, interpretability) it processed
     unit: str
+    detail: str = ""            # the stage's own timings (per phase, pass), from what it wrote (`details`)
 
 
 @dataclass
@@ -178,6 +179,42 @@ def units(stage: str, params: dict, preset: str) -> tuple[int, str]:
     return 0, ""
 
 
+def details(repo: Path, stage: str, dataset: str, faithfulness_images: int = 1) -> str:
+    """What the stage itself measured, per unit, read from its records: each training phase's seconds per
+    step (validation and checkpoint included), the projection pass per image and the fine-tuning per step,
+    the interpretability pass and the faithfulness curves per image. Start-up and writing are left out."""
+    from ..stages.layout import layout
+
+    name, _, item = stage.partition("@")
+    if not item:
+        return ""
+    method, seed = item.rsplit("-", 1)
+
+    def read(key, file):
+        f = repo / layout(key, dataset, method, int(seed)) / file
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    out = []
+    if name in ("train", "groups"):
+        for ph in read("train", "train_summary.json").get("phases", []):
+            if ph.get("steps"):
+                out.append(f"{ph['phase']} {ph['seconds'] / ph['steps']:.1f} s/step")
+    elif name == "project":
+        proj = read("project", "projection.json")
+        if proj.get("images"):
+            out.append(f"pass {proj['projection_pass_seconds'] / proj['images']:.1f} s/image")
+        for ph in proj.get("phases", []):
+            if ph.get("steps"):
+                out.append(f"{ph['phase']} {ph['seconds'] / ph['steps']:.1f} s/step")
+    elif name in ("interpret", "interpret_groups"):
+        summ = read("interpret_reports", "summary.json")
+        if summ.get("images") and summ.get("seconds") is not None:
+            out.append(f"metrics {summ['seconds'] / summ['images']:.1f} s/image")
+        if summ.get("faithfulness_seconds") is not None and faithfulness_images:
+            out.append(f"faithfulness {summ['faithfulness_seconds'] / faithfulness_images:.0f} s/image")
+    return ", ".join(out)
+
+
 def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: int = 20220227,
              source: Path | None = None, size: tuple | None = None, extra: dict | None = None,
              faithfulness: int | None = None) -> Rehearsal:
@@ -224,7 +261,8 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
             size, big, big_mb = disk(repo, outs)
             n, unit = units(stage, params, preset)
             run = StageRun(stage, round(seconds, 1), round(rss), round(pss), None if gpu is None else round(gpu),
-                           round(size, 1), big, round(big_mb, 1), n, unit)
+                           round(size, 1), big, round(big_mb, 1), n, unit,
+                           details(repo, stage, preset, int(params["presets"][preset]["eval"]["faithfulness_images"])))
             result.stages.append(run)
             print(f"  {run.seconds:.0f} s, max RSS {run.max_rss_mb:.0f} MB, all processes {run.peak_pss_mb:.0f} MB, "
                   f"outputs {run.output_mb:.1f} MB", flush=True)
@@ -233,13 +271,13 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
 
 def table(r: Rehearsal) -> str:
     gpu = any(s.gpu_peak_mb is not None for s in r.stages)
-    head = ["stage", "wall s", "s / unit", "max RSS GB", "all processes GB", *(["GPU peak GB"] if gpu else []),
-            "outputs MB", "largest output"]
+    head = ["stage", "wall s", "s / unit", "the stage's own timing", "max RSS GB", "all processes GB",
+            *(["GPU peak GB"] if gpu else []), "outputs MB", "largest output"]
     lines = [f"**{r.preset}** ({r.image_size[0]}×{r.image_size[1]} images, {r.train_images} train / {r.val_images} val, "
              f"{r.device})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in r.stages:
         per = f"{s.seconds / s.units:.1f} s/{s.unit}" if s.units else ""
-        row = [s.stage, f"{s.seconds:.0f}", per, f"{s.max_rss_mb / 1024:.2f}", f"{s.peak_pss_mb / 1024:.2f}",
+        row = [s.stage, f"{s.seconds:.0f}", per, s.detail, f"{s.max_rss_mb / 1024:.2f}", f"{s.peak_pss_mb / 1024:.2f}",
                *([f"{s.gpu_peak_mb / 1024:.2f}" if s.gpu_peak_mb is not None else ""] if gpu else []),
                f"{s.output_mb:.1f}", f"{Path(s.largest_file).name} ({s.largest_file_mb:.1f} MB)" if s.largest_file else ""]
         lines.append("| " + " | ".join(row) + " |")
@@ -258,7 +296,8 @@ OVERVIEW = (("prepare", "prepare", None), ("train deeplab", "train", "deeplab"),
 
 
 def overview(results: list[Rehearsal]) -> str:
-    """One table for several presets: per kind of stage, wall time per unit, the largest process, outputs."""
+    """One table for several presets: per kind of stage, the stage's own timing per unit (else its wall time
+    per unit), the largest process, the outputs on disk."""
     head = ["stage", *[f"{r.preset} ({r.image_size[0]}×{r.image_size[1]})" for r in results]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, name, method in OVERVIEW:
@@ -273,7 +312,7 @@ def overview(results: list[Rehearsal]) -> str:
                 cells.append("—")
                 continue
             s = max(found, key=lambda s: s.seconds)
-            per = f"{s.seconds / s.units:.0f} s/{s.unit}" if s.units else f"{s.seconds:.0f} s"
+            per = s.detail or (f"{s.seconds / s.units:.0f} s/{s.unit}" if s.units else f"{s.seconds:.0f} s")
             big = max(found, key=lambda s: s.output_mb)
             cells.append(f"{per}, {max(x.max_rss_mb for x in found) / 1024:.1f} GB, {big.output_mb:.0f} MB")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
