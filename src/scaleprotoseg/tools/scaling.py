@@ -118,6 +118,13 @@ def scaling(preset: str, work: Path, method: str = "scaleprotoseg", base: int = 
     return rows
 
 
+def marginal(rows: list[dict], stage: str) -> list[tuple[int, float]]:
+    """(images, seconds per additional image since the previous size) of `stage`: start-up cancels out."""
+    rs = sorted((r for r in rows if r["stage"] == stage), key=lambda r: r["images"])
+    totals = [(r["images"], r["s_per_image"] * r["images"]) for r in rs]  # the projection's pass, else wall time
+    return [(n1, (t1 - t0) / (n1 - n0)) for (n0, t0), (n1, t1) in zip(totals, totals[1:])]
+
+
 def figure(rows: list[dict], title: str, path: Path) -> None:
     import matplotlib
 
@@ -128,9 +135,11 @@ def figure(rows: list[dict], title: str, path: Path) -> None:
     for stage in STAGES:
         rs = [r for r in rows if r["stage"] == stage]
         if rs:
-            axes[0].plot([r["images"] for r in rs], [r["s_per_image"] for r in rs], "o-", label=stage)
+            m = marginal(rows, stage)
+            if m:
+                axes[0].plot([n for n, _ in m], [v for _, v in m], "o-", label=stage)
             axes[1].plot([r["images"] for r in rs], [r["max_rss_mb"] / 1024 for r in rs], "o-", label=stage)
-    for ax, ylabel in zip(axes, ("seconds per image", "peak RSS of the stage (GB)")):
+    for ax, ylabel in zip(axes, ("seconds per additional image", "peak RSS of the stage (GB)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("images in the pass")
         ax.set_ylabel(ylabel)
@@ -149,14 +158,23 @@ def markdown(rows: list[dict]) -> str:
     the marginal seconds per image from the previous size (start-up cancels out), peak RSS."""
     lines = ["| stage | images | s | s / image | marginal s / image | max RSS GB |", "|---|---|---|---|---|---|"]
     for stage in STAGES:
-        prev = None
+        extra = dict(marginal(rows, stage))
         for r in sorted((r for r in rows if r["stage"] == stage), key=lambda r: r["factor"]):
-            total = r["s_per_image"] * r["images"]  # the projection's pass, else the stage's wall time
-            marginal = "" if prev is None else f"{(total - prev[1]) / (r['images'] - prev[0]):.2f}"
-            lines.append(f"| {stage} | {r['images']} | {r['seconds']:.0f} | {r['s_per_image']:.2f} | {marginal} | "
+            m = f"{extra[r['images']]:.2f}" if r["images"] in extra else ""
+            lines.append(f"| {stage} | {r['images']} | {r['seconds']:.0f} | {r['s_per_image']:.2f} | {m} | "
                          f"{r['max_rss_mb'] / 1024:.2f} |")
-            prev = (r["images"], total)
     return "\n".join(lines)
+
+
+def render(rows: list[dict], preset: str, method: str, out: Path) -> None:
+    """The figure, the JSON and the markdown table of a measurement under `out` (scaling-<preset>.*)."""
+    h, w = SIZES[preset]
+    figure(rows, f"{preset} at {h}×{w}, {method}: time per image and peak memory against the number of images",
+           out / f"scaling-{preset}.png")
+    with atomic_path(out / f"scaling-{preset}.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=1))
+    with atomic_path(out / f"scaling-{preset}.md") as tmp:
+        tmp.write_text(markdown(rows) + "\n")
 
 
 def main(argv=None) -> None:
@@ -173,13 +191,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     out = Path(a.work) if Path(a.work).is_absolute() else repo_root() / a.work
     rows = scaling(a.preset, out / f"scaling-{a.preset}", a.method, a.base, tuple(a.factors))
-    h, w = SIZES[a.preset]
-    figure(rows, f"{a.preset} at {h}×{w}, {a.method}: time per image and peak memory against the number of images",
-           out / f"scaling-{a.preset}.png")
-    with atomic_path(out / f"scaling-{a.preset}.json") as tmp:
-        tmp.write_text(json.dumps(rows, indent=1))
-    with atomic_path(out / f"scaling-{a.preset}.md") as tmp:
-        tmp.write_text(markdown(rows) + "\n")
+    render(rows, a.preset, a.method, out)
     print(markdown(rows))
 
 
