@@ -293,7 +293,7 @@ def test_gradcam_explains_a_prototype_model_as_a_hand_written_gradcam(params):
 
 
 def test_large_images_go_through_in_batches_bounded_by_the_logit_budget(monkeypatch):
-    """Many classes or 1024 × 2048 inputs: fewer images per forward pass, the same scores as one pass each."""
+    """Many classes or large inputs: fewer images per forward pass, the same scores as one pass each."""
 
     class Logits(nn.Module):
         num_classes = 5
@@ -318,3 +318,8 @@ def test_large_images_go_through_in_batches_bounded_by_the_logit_budget(monkeypa
     model.seen.clear()
     fa.class_score(model, xs, 3, mask)
     assert model.seen == [1] * 7
+    monkeypatch.setattr(fa, "LOGIT_BUDGET", 2**27)  # the pixels bound it too (the trunk's activations)
+    monkeypatch.setattr(fa, "PIXEL_BUDGET", 3 * 16 * 16)
+    model.seen.clear()
+    torch.testing.assert_close(fa.class_score(model, xs, 3, mask), one_each)
+    assert model.seen == [3, 3, 1]

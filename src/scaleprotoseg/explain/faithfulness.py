@@ -23,7 +23,7 @@ Localisation against the ground truth (classes present in both prediction and gr
 **pointing game**: whether the map's maximum lies inside it.
 
 Every perturbed image of one curve goes through the model in batches (`BATCH`, fewer when their upsampled
-logits would exceed `LOGIT_BUDGET`); the curves' end points
+logits would exceed `LOGIT_BUDGET` or their pixels `PIXEL_BUDGET`); the curves' end points
 (the image itself, the all-baseline image) do not depend on the ranking and are scored once per class.
 """
 
@@ -39,10 +39,13 @@ import torch.nn.functional as F
 STEPS = 10  # points of a curve after the unperturbed one (a step: 10 % of the cells)
 BATCH = 32  # perturbed images per forward pass, at most
 # and at most this many upsampled logits per forward pass (classes × H × W × images; 512 MB in float32, and as
-# much again for the softmax): a Cityscapes image at 1024 × 2048 (19 classes) goes 3 at a time, ADE20K's
-# (150 classes at 512 × 683) 2, Pascal's (21 at 513 × 513) 24. Without it, 32 images of 150–182 classes or at
-# 1024 × 2048 hold 10–20 GB at once.
+# much again for the softmax), and at most this many input pixels (the trunk's activations grow with them: about
+# 1.5 KB a pixel for ResNet-101 at output stride 8, 3 KB for EM's full-resolution U-Net). Pascal's 513 × 513
+# images go 7 at a time, EM's 512 × 512 8, ADE20K's (150 classes at 512 × 683) 2, a Cityscapes image at
+# 1024 × 2048 alone. Without them, the 18 perturbed images of a curve went at once: 7 GB at Pascal's size,
+# 13 GB at EM's, 10–20 GB of logits alone at Cityscapes' or with 150–182 classes.
 LOGIT_BUDGET = 2**27
+PIXEL_BUDGET = 2**21
 MIN_SHARE = 0.01  # a predicted class is explained when it covers at least this share of the image
 MAX_CLASSES = 3  # predicted classes explained per image, largest first (background last)
 METRICS = ("deletion_auc", "insertion_auc", "relevance_mass", "pointing_game")
@@ -96,8 +99,8 @@ def class_score(model, xs: torch.Tensor, c: int, mask: torch.Tensor, batch: int 
     """(B,) the class-c probability averaged over `mask` (H, W) for each input of `xs` (B, C, H, W)."""
     m = mask.to(xs.device, torch.float32)
     out = []
-    per_image = model.num_classes * xs.shape[-2] * xs.shape[-1]
-    batch = max(1, min(batch, LOGIT_BUDGET // per_image))
+    pixels = xs.shape[-2] * xs.shape[-1]
+    batch = max(1, min(batch, LOGIT_BUDGET // (model.num_classes * pixels), PIXEL_BUDGET // pixels))
     for chunk in xs.split(batch):
         logits = F.interpolate(model.predict_logits(chunk).float(), size=xs.shape[-2:], mode="bilinear", align_corners=False)
         out.append((logits.softmax(1)[:, c] * m).sum((1, 2)) / m.sum())
