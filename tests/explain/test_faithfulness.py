@@ -12,22 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scaleprotoseg.explain import faithfulness as fa
-from scaleprotoseg.interpretability import similarity_maps
 
-from .tiny import tiny_model
+from .tiny import tiny_model, vary_head
 
-
-@torch.no_grad()
-def vary_head(model, x: torch.Tensor, seed: int = 1) -> None:
-    """A random class head centred on the mean activation over `x`, so that the prediction varies over it."""
-    sim = similarity_maps(model, x)
-    gh = model.group_head
-    a = gh.group_activations(sim[None])[0] if gh is not None else sim
-    W = gh.head if gh is not None else model.last_layer
-    mean = a.mean((1, 2))
-    R = torch.randn(W.shape, generator=torch.Generator().manual_seed(seed))
-    R = R - (R @ mean)[:, None] * mean[None] / (mean @ mean)
-    W.copy_(R / (R @ (a - mean[:, None, None]).flatten(1)).std(1, keepdim=True))
 
 
 class KeyRegion(nn.Module):

@@ -34,26 +34,13 @@ from scaleprotoseg.models.prototypes import EPSILON, prototype_names
 from scaleprotoseg.paths import repo_root
 
 from ..figure_checks import text_problems
-from .tiny import tiny_model
+from .tiny import tiny_model, vary_head
 
 
 def class_names(K: int) -> list[str]:
     base = list(EMBEDDED_CLASSES) if K == len(EMBEDDED_CLASSES) else ["background"] + [f"class {k}" for k in range(1, K)]
     return base if K < 100 else base[:1] + [f"a long class name number {k}" for k in range(1, K)]
 
-
-@torch.no_grad()
-def vary_head(model, x: torch.Tensor, seed: int = 1) -> None:
-    """Set the class head (rows orthogonal to the mean activation over `x`, unit spread) so that the
-    prediction on `x` varies over the image instead of one class everywhere."""
-    sim = similarity_maps(model, x)
-    gh = model.group_head
-    a = gh.group_activations(sim[None])[0] if gh is not None else sim
-    W = gh.head if gh is not None else model.last_layer
-    mean = a.mean((1, 2))
-    R = torch.randn(W.shape, generator=torch.Generator().manual_seed(seed))
-    R = R - (R @ mean)[:, None] * mean[None] / (mean @ mean)
-    W.copy_(R / (R @ (a - mean[:, None, None]).flatten(1)).std(1, keepdim=True))
 
 
 def save_model(folder: Path, model, cfg, classes, patches: bool = True) -> Path:
