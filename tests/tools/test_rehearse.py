@@ -5,6 +5,8 @@ size. The true sizes themselves run by hand (`make rehearse`; README, "Rehearsal
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -86,3 +88,30 @@ def test_the_rehearsal_measures_every_stage_of_the_real_pipeline(tmp_path):
     assert "| train deeplab | train " in text and "whole pipeline" in text  # the phase's own seconds per step
     assert train.detail.startswith("train ") and train.detail.endswith(" s/step")
     assert (tmp_path / "em.md").read_text().startswith("**em** (32×32 images")
+    assert back.complete and "stopped" not in rehearse.table(back)
+
+    # Interrupted after `interpret` (the records of the stages before it kept, their outputs on disk), the stages
+    # after it never run (outputs absent); and the record of `evaluate` lost although DVC has it: --resume keeps
+    # the recorded stages, shows `evaluate` as finished without a measurement, and runs and measures the rest.
+    cut_at = names.index(f"interpret@deeplab-{seed}") + 1
+    kept, rest = names[:cut_at], names[cut_at:]
+    assert rest  # package, report
+    cut = rehearse.Rehearsal(**{**rehearse.asdict(back), "complete": False, "stages": [
+        rehearse.StageRun(**s) for s in rehearse.asdict(back)["stages"]
+        if s["stage"] in kept and not s["stage"].startswith("evaluate@")]})
+    rehearse.save(cut, tmp_path)
+    assert "stopped after" in rehearse.table(rehearse.load(tmp_path / "em.json"))
+    repo = tmp_path / "em" / "repo"
+    outs = dict(rehearse.stage_order(repo, dict(os.environ)))
+    for stage in rest:
+        for o in outs[stage]:
+            shutil.rmtree(repo / o) if (repo / o).is_dir() else (repo / o).unlink(missing_ok=True)
+    again = rehearse.rehearse("em", tmp_path, resume=True)
+    by = {s.stage: s for s in again.stages}
+    assert set(by) == set(names) and again.complete
+    assert by[f"evaluate@deeplab-{seed}"].seconds is None and by[f"evaluate@deeplab-{seed}"].output_mb > 0
+    assert by[f"interpret@deeplab-{seed}"] == next(s for s in back.stages if s.stage == f"interpret@deeplab-{seed}")
+    assert all(by[s].seconds > 0 and by[s].output_mb > 0 for s in rest)
+    assert "1 stages before a resume not measured" in rehearse.table(again)
+    assert rehearse.load(tmp_path / "em.json") == again
+    assert "unmeasured" in rehearse.overview([again])

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaleprotoseg.stages.smoke import shrink
-from scaleprotoseg.tools.scaling import scaling
+from scaleprotoseg.tools.scaling import scaling, small_trunk
 
 pytestmark = pytest.mark.slow  # one process per stage and size (about a minute)
 
@@ -20,8 +19,7 @@ GROWTH_MB = 40
 
 
 def test_peak_memory_of_prepare_projection_and_evaluation_is_flat_in_the_images(tmp_path):
-    extra = {k: v for k, v in shrink("pascal", methods=("scaleprotoseg",)).items()
-             if not k.endswith(("_steps", "val_images", "log_every", "n_examples"))}
+    extra = {**small_trunk("pascal"), "presets.pascal.runtime.num_workers": 0}
     rows = scaling("pascal", tmp_path, base=2, factors=(1, 8), size=(256, 320), extra=extra,
                    stages=("prepare", "project", "evaluate"), log=lambda *a: None)
     by = {(r["stage"], r["factor"]): r for r in rows}
@@ -31,3 +29,4 @@ def test_peak_memory_of_prepare_projection_and_evaluation_is_flat_in_the_images(
     for stage in ("prepare", "project", "evaluate"):
         small, large = by[(stage, 1)]["max_rss_mb"], by[(stage, 8)]["max_rss_mb"]
         assert large - small < GROWTH_MB, f"{stage}: peak RSS {small} MB on 2 images, {large} MB on 16"
+

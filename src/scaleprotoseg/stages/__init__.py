@@ -12,8 +12,8 @@ one list of them: per stage, its notebook, the function it runs and the folders 
 | `export` | 70_export | test-set predictions for the servers |
 
 What they share, one job a module: `table` (the stage table), `layout` (where each artifact lives),
-`context` (a notebook's resolved configuration and folders), `smoke` (smoke mode and the tiny settings of the
-tests), `views` (showing saved figures and tables), `seeding` (a stage's random state),
+`context` (a notebook's resolved configuration and folders), `smoke` (smoke mode), `sizes` (the tiny settings
+of smoke mode and the tests, importable without torch), `views` (showing saved figures and tables), `seeding` (a stage's random state),
 `launch` (the train and project stages again under `torchrun` when several processes are asked for). Each stage module
 imports only what its stage runs, so dvc.yaml lists exactly those files as the stage's code dependencies.
 """

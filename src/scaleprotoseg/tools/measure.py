@@ -1,12 +1,16 @@
 """How much a command costs: its wall time, the peak resident memory of its largest process (`wait4`'s
 `ru_maxrss`, exact), the peak memory of all its processes together (proportional set size, sampled, so
 shared pages count once) and the size of what it wrote. Used by the rehearsal and the scaling measurement;
-the measuring process should not have imported torch, whose pages a forked child would count as its own."""
+the measuring process should not have imported torch: Linux counts in a child's `ru_maxrss` the peak of the
+memory it ran in before `exec` (the parent's, since Python starts children with vfork), so a child's peak reads
+at least the measuring process's own (`measured` warns when it does)."""
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,6 +47,7 @@ class Sampler(threading.Thread):
 
 def measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[float, float, float, int]:
     """Run `cmd`; (seconds, max RSS of one process MB, peak PSS of all MB, exit code)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the floor of a child's ru_maxrss (see above)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     sampler = Sampler(proc.pid)
@@ -56,6 +61,9 @@ def measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[float, float, f
     seconds = time.perf_counter() - t0
     sampler.done.set()
     sampler.join()
+    if usage.ru_maxrss <= own:
+        print(f"measure: the max RSS of {' '.join(map(str, cmd[:4]))} … ({usage.ru_maxrss / 1024:.0f} MB) is the "
+              "measuring process's own peak, which a child inherits: the command's may be lower", file=sys.stderr)
     return seconds, usage.ru_maxrss / 1024, sampler.peak / 2**20, proc.returncode
 
 

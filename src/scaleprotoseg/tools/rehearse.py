@@ -79,9 +79,9 @@ atexit.register(_peak)
 @dataclass
 class StageRun:
     stage: str
-    seconds: float
-    max_rss_mb: float           # the largest single process (kernel, worker) of the stage: exact
-    peak_pss_mb: float          # all the stage's processes together: sampled
+    seconds: float | None       # None (also the two below): run before a `--resume` that had no record of it
+    max_rss_mb: float | None    # the largest single process (kernel, worker) of the stage: exact
+    peak_pss_mb: float | None   # all the stage's processes together: sampled
     gpu_peak_mb: float | None   # the largest peak of one process, on a GPU
     output_mb: float
     largest_file: str
@@ -99,6 +99,7 @@ class Rehearsal:
     train_images: int
     val_images: int
     stages: list[StageRun] = field(default_factory=list)
+    complete: bool = False      # every stage ran; saved after each stage, so an interrupted rehearsal keeps its rows
 
 
 def copy_repository(src: Path, dst: Path) -> Path:
@@ -215,20 +216,36 @@ def details(repo: Path, stage: str, dataset: str, faithfulness_images: int = 1) 
     return ", ".join(out)
 
 
+def up_to_date(repo: Path, stage: str, env: dict) -> bool:
+    """DVC has the stage's outputs for its current dependencies (`dvc status <stage>` reports nothing)."""
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", stage], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    return out.returncode == 0 and json.loads(out.stdout.strip().splitlines()[-1] or "{}") == {}
+
+
 def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: int = 20220227,
              source: Path | None = None, size: tuple | None = None, extra: dict | None = None,
-             faithfulness: int | None = None) -> Rehearsal:
-    """Rehearse `preset` under `work/<preset>/` (see the module's docstring). `size` and `extra` (overrides
-    applied last) exist for the tests, which rehearse the mechanism at tiny sizes."""
+             faithfulness: int | None = None, resume: bool = False) -> Rehearsal:
+    """Rehearse `preset` under `work/<preset>/` (see the module's docstring); the record is saved after each
+    stage. `resume`: go on in the copy an interrupted rehearsal left (a full disk, a stopped machine): the
+    stages it recorded are kept, the others run; a stage that finished without a record (DVC has it up to date)
+    keeps its outputs, its own timings and sizes, with its wall time and memory unknown. `size` and `extra`
+    (overrides applied last) exist for the tests, which rehearse the mechanism at tiny sizes."""
     source = source or repo_root()
     base = work / preset
-    if base.exists():
-        shutil.rmtree(base)
-    repo = copy_repository(source, base / "repo")
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "MPLBACKEND": "Agg",
            "SCALEPROTOSEG_GPU_PEAKS": str(base / "gpu_peaks.txt")}
     env.pop("PYTHONPATH", None)
+    if resume:
+        if not (base / "repo" / "params.yaml").is_file():
+            raise SystemExit(f"--resume: no rehearsal of {preset} to go on with under {base}; run without --resume")
+        return _run_stages(base, preset, load(work / f"{preset}.json") if (work / f"{preset}.json").is_file() else
+                           Rehearsal(preset, device_name(), tuple(size or SIZES[preset]), n_train,
+                                     n_val if preset != "em" else 10), work, env, resumed=True)
+    if base.exists():
+        shutil.rmtree(base)
+    repo = copy_repository(source, base / "repo")
     (repo / "src" / "sitecustomize.py").write_text(GPU_HOOK)
     write(preset, repo / "data" / preset, n_train, n_val, size)
     params = rehearsal_params(yaml.safe_load((repo / "params.yaml").read_text()), preset, seed)
@@ -243,9 +260,30 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
     for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.email=r@r", "-c", "user.name=r", "commit", "-qm", "rehearsal"]):
         subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True)
     result = Rehearsal(preset, device_name(), tuple(size or SIZES[preset]), n_train, n_val if preset != "em" else 10)
+    (work / f"{preset}.json").unlink(missing_ok=True)
+    return _run_stages(base, preset, result, work, env)
+
+
+def _run_stages(base: Path, preset: str, result: Rehearsal, work: Path, env: dict, resumed: bool = False) -> Rehearsal:
+    """Each stage of the copy under `base` not yet in `result`, measured; `result` saved after each."""
+    repo, bin_dir = base / "repo", Path(sys.executable).parent
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    faith = int(params["presets"][preset]["eval"]["faithfulness_images"])
+    recorded = {s.stage for s in result.stages}
     log_path = base / "dvc.log"
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         for stage, outs in stage_order(repo, env):
+            if stage in recorded:
+                continue
+            n, unit = units(stage, params, preset)
+            if resumed and up_to_date(repo, stage, env):  # resumed: finished before, without a record
+                size, big, big_mb = disk(repo, outs)
+                result.stages.append(StageRun(stage, None, None, None, None, round(size, 1), big, round(big_mb, 1),
+                                              n, unit, details(repo, stage, preset, faith)))
+                print(f"[rehearse {preset}] {stage}: finished before the resume (time and memory unknown)", flush=True)
+                save(result, work)
+                continue
+            recorded.add(stage)
             peaks = base / "gpu_peaks.txt"
             peaks.unlink(missing_ok=True)
             print(f"[rehearse {preset}] {stage} …", flush=True)
@@ -259,13 +297,14 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
             if peaks.is_file():
                 gpu = max(int(line.split()[1]) for line in peaks.read_text().split("\n") if line.strip()) / 2**20
             size, big, big_mb = disk(repo, outs)
-            n, unit = units(stage, params, preset)
             run = StageRun(stage, round(seconds, 1), round(rss), round(pss), None if gpu is None else round(gpu),
-                           round(size, 1), big, round(big_mb, 1), n, unit,
-                           details(repo, stage, preset, int(params["presets"][preset]["eval"]["faithfulness_images"])))
+                           round(size, 1), big, round(big_mb, 1), n, unit, details(repo, stage, preset, faith))
             result.stages.append(run)
+            save(result, work)
             print(f"  {run.seconds:.0f} s, max RSS {run.max_rss_mb:.0f} MB, all processes {run.peak_pss_mb:.0f} MB, "
                   f"outputs {run.output_mb:.1f} MB", flush=True)
+    result.complete = True
+    save(result, work)
     return result
 
 
@@ -276,14 +315,32 @@ def table(r: Rehearsal) -> str:
     lines = [f"**{r.preset}** ({r.image_size[0]}×{r.image_size[1]} images, {r.train_images} train / {r.val_images} val, "
              f"{r.device})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in r.stages:
-        per = f"{s.seconds / s.units:.1f} s/{s.unit}" if s.units else ""
-        row = [s.stage, f"{s.seconds:.0f}", per, s.detail, f"{s.max_rss_mb / 1024:.2f}", f"{s.peak_pss_mb / 1024:.2f}",
+        per = f"{s.seconds / s.units:.1f} s/{s.unit}" if s.units and s.seconds is not None else ""
+        row = [s.stage, _num(s.seconds, 1, ".0f"), per, s.detail, _num(s.max_rss_mb, 1024, ".2f"),
+               _num(s.peak_pss_mb, 1024, ".2f"),
                *([f"{s.gpu_peak_mb / 1024:.2f}" if s.gpu_peak_mb is not None else ""] if gpu else []),
                f"{s.output_mb:.1f}", f"{Path(s.largest_file).name} ({s.largest_file_mb:.1f} MB)" if s.largest_file else ""]
         lines.append("| " + " | ".join(row) + " |")
-    total = sum(s.seconds for s in r.stages)
-    lines += ["", f"Total {total / 60:.1f} min; largest process {max(s.max_rss_mb for s in r.stages) / 1024:.2f} GB."]
+    lines += ["", f"Total {_total(r)}."]
     return "\n".join(lines)
+
+
+def _num(v: float | None, div: float, fmt: str) -> str:
+    return "—" if v is None else format(v / div, fmt)
+
+
+def _total(r: Rehearsal, short: bool = False) -> str:
+    """The whole rehearsal's minutes and largest process, saying what is unknown or not yet run."""
+    known = [s for s in r.stages if s.seconds is not None]
+    rss = max((s.max_rss_mb for s in known), default=0) / 1024
+    text = (f"{sum(s.seconds for s in known) / 60:.0f} min, {rss:.1f} GB" if short else
+            f"{sum(s.seconds for s in known) / 60:.1f} min; largest process {rss:.2f} GB")
+    missing = len(r.stages) - len(known)
+    if missing:
+        text += f" ({missing} stages before a resume not measured)" if not short else f" ({missing} stages unmeasured)"
+    if not r.complete:
+        text += f"; stopped after {len(r.stages)} stages" if not short else "; incomplete"
+    return text
 
 
 # The overview's rows: (label, stage name before '@', method or None for any), the slowest matching stage shown.
@@ -311,19 +368,22 @@ def overview(results: list[Rehearsal]) -> str:
             if not found:
                 cells.append("—")
                 continue
-            s = max(found, key=lambda s: s.seconds)
-            per = s.detail or (f"{s.seconds / s.units:.0f} s/{s.unit}" if s.units else f"{s.seconds:.0f} s")
+            s = max(found, key=lambda s: s.seconds or 0)
+            per = s.detail or ("" if s.seconds is None else f"{s.seconds / s.units:.0f} s/{s.unit}" if s.units
+                               else f"{s.seconds:.0f} s")
             big = max(found, key=lambda s: s.output_mb)
-            cells.append(f"{per}, {max(x.max_rss_mb for x in found) / 1024:.1f} GB, {big.output_mb:.0f} MB")
+            rss = [x.max_rss_mb for x in found if x.max_rss_mb is not None]
+            cells.append(", ".join(x for x in (per, f"{max(rss) / 1024:.1f} GB" if rss else "memory not measured",
+                                               f"{big.output_mb:.0f} MB") if x))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    totals = [f"{sum(s.seconds for s in r.stages) / 60:.0f} min, {max(s.max_rss_mb for s in r.stages) / 1024:.1f} GB"
-              for r in results]
+    totals = [_total(r, short=True) for r in results]
     lines.append("| **whole pipeline** | " + " | ".join(totals) + " |")
     return "\n".join(lines)
 
 
 def load(path: Path) -> Rehearsal:
     d = json.loads(Path(path).read_text())
+    d.setdefault("complete", True)  # written whole, at the end, before records were saved per stage
     return Rehearsal(**{**d, "image_size": tuple(d["image_size"]), "stages": [StageRun(**s) for s in d["stages"]]})
 
 
@@ -342,6 +402,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default="rehearsal", help="folder for the copies and the tables (relative to the repository)")
     ap.add_argument("--train", type=int, default=8, help="training images (EM: slices besides the 10 of validation); "
                     "at least ProtoSeg's prune_k (6): pruning ranks one patch per image")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on with the rehearsal of the preset left under --work (its recorded stages kept)")
     ap.add_argument("--val", type=int, default=2, help="validation images (EM: always 10; 2 are evaluated)")
     ap.add_argument("--faithfulness", type=int, default=None,
                     help="images of the faithfulness curves in the interpret stages (default 1); each costs about "
@@ -365,8 +427,7 @@ def main(argv=None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     for p in presets:
-        r = rehearse(p, work, a.train, a.val, source=root, faithfulness=a.faithfulness)
-        save(r, work)
+        r = rehearse(p, work, a.train, a.val, source=root, faithfulness=a.faithfulness, resume=a.resume)
         print(table(r), flush=True)
 
 

@@ -166,14 +166,25 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render(rows: list[dict], preset: str, method: str, out: Path) -> None:
-    """The figure, the JSON and the markdown table of a measurement under `out` (scaling-<preset>.*)."""
+def small_trunk(preset: str, method: str = "scaleprotoseg") -> dict:
+    """Overrides for the tests' tiny model (`stages.smoke.shrink`) at the preset's image sizes, keeping the
+    counts this measurement sets and the preset's loader workers."""
+    from ..stages.sizes import shrink  # not smoke: this process must not import torch (measure.py)
+
+    keep = ("_steps", "val_images", "log_every", "n_examples", "num_workers")
+    return {k: v for k, v in shrink(preset, methods=(method,)).items() if not k.endswith(keep)}
+
+
+def render(rows: list[dict], preset: str, method: str, out: Path, name: str | None = None) -> None:
+    """The figure, the JSON and the markdown table of a measurement under `out` (scaling-<name>.*; name: the
+    preset)."""
     h, w = SIZES[preset]
-    figure(rows, f"{preset} at {h}×{w}, {method}: time per image and peak memory against the number of images",
-           out / f"scaling-{preset}.png")
-    with atomic_path(out / f"scaling-{preset}.json") as tmp:
+    name = name or preset
+    figure(rows, f"{name} at {h}×{w}, {method}: time per image and peak memory against the number of images",
+           out / f"scaling-{name}.png")
+    with atomic_path(out / f"scaling-{name}.json") as tmp:
         tmp.write_text(json.dumps(rows, indent=1))
-    with atomic_path(out / f"scaling-{preset}.md") as tmp:
+    with atomic_path(out / f"scaling-{name}.md") as tmp:
         tmp.write_text(markdown(rows) + "\n")
 
 
@@ -187,11 +198,18 @@ def main(argv=None) -> None:
     ap.add_argument("--method", default="scaleprotoseg", choices=["protoseg", "scaleprotoseg"])
     ap.add_argument("--base", type=int, default=2, help="training and validation images at 1×")
     ap.add_argument("--factors", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                    help="the stages measured (the ones upstream of them run unmeasured)")
+    ap.add_argument("--small-trunk", action="store_true",
+                    help="the tests' tiny model (`small_trunk`) on the preset's images and loader workers: a long "
+                         "series of images in minutes, for what a pass keeps per image rather than the trunk's cost")
     ap.add_argument("--work", default="rehearsal", help="folder of the results (relative to the repository)")
     a = ap.parse_args(argv)
     out = Path(a.work) if Path(a.work).is_absolute() else repo_root() / a.work
-    rows = scaling(a.preset, out / f"scaling-{a.preset}", a.method, a.base, tuple(a.factors))
-    render(rows, a.preset, a.method, out)
+    name = f"{a.preset}-small" if a.small_trunk else a.preset
+    rows = scaling(a.preset, out / f"scaling-{name}", a.method, a.base, tuple(a.factors),
+                   extra=small_trunk(a.preset, a.method) if a.small_trunk else None, stages=tuple(a.stages))
+    render(rows, a.preset, a.method, out, name)
     print(markdown(rows))
 
 
