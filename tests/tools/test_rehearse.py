@@ -115,3 +115,19 @@ def test_the_rehearsal_measures_every_stage_of_the_real_pipeline(tmp_path):
     assert "1 stages before a resume not measured" in rehearse.table(again)
     assert rehearse.load(tmp_path / "em.json") == again
     assert "unmeasured" in rehearse.overview([again])
+
+
+def test_the_readme_tables_are_replaced_between_their_markers_only(tmp_path):
+    run = rehearse.StageRun("train@deeplab-1", 10.0, 2048, 2048, None, 5.0, "a/train.pt", 4.0, 2, "step", "train 5.0 s/step")
+    r = rehearse.Rehearsal("pascal", "CPU", (375, 500), 8, 2, [run], complete=True)
+    start, end = rehearse.README_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{start}\nold table\n{end}\nafter\n")
+    rehearse.fill_readme(readme, [r])
+    text = readme.read_text()
+    assert text.startswith(f"before\n{start}\n| stage | pascal (375×500) |") and text.endswith(f"</details>\n{end}\nafter\n")
+    assert "old table" not in text and "| train deeplab | train 5.0 s/step, 2.0 GB, 5 MB |" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="expected one"):
+        rehearse.fill_readme(readme, [r])
+    assert readme.read_text() == "no markers\n" and list(tmp_path.iterdir()) == [readme]

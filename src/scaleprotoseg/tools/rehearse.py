@@ -381,6 +381,25 @@ def overview(results: list[Rehearsal]) -> str:
     return "\n".join(lines)
 
 
+README_MARKERS = ("<!-- rehearsal tables: begin -->", "<!-- rehearsal tables: end -->")
+
+
+def fill_readme(readme: Path, done: list[Rehearsal]) -> None:
+    """Replace the text between the README's markers with the overview and, folded, each preset's table."""
+    parts = [overview(done), ""]
+    for r in done:
+        parts += [f"<details><summary>Every stage of the {r.preset} rehearsal</summary>", "", table(r), "",
+                  "</details>", ""]
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise SystemExit(f"{readme}: expected one {start} before one {end}; the README is left as it was")
+    head, rest = text.split(start)
+    text = head + start + "\n" + "\n".join(parts).rstrip() + "\n" + end + rest.split(end, 1)[1]
+    with atomic_path(readme) as tmp:
+        tmp.write_text(text)
+
+
 def load(path: Path) -> Rehearsal:
     d = json.loads(Path(path).read_text())
     d.setdefault("complete", True)  # written whole, at the end, before records were saved per stage
@@ -402,6 +421,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default="rehearsal", help="folder for the copies and the tables (relative to the repository)")
     ap.add_argument("--train", type=int, default=8, help="training images (EM: slices besides the 10 of validation); "
                     "at least ProtoSeg's prune_k (6): pruning ranks one patch per image")
+    ap.add_argument("--readme", action="store_true", help="--overview, and the README's rehearsal tables (between "
+                    f"{README_MARKERS[0]} and {README_MARKERS[1]}) replaced by it and each preset's full table")
     ap.add_argument("--resume", action="store_true",
                     help="go on with the rehearsal of the preset left under --work (its recorded stages kept)")
     ap.add_argument("--val", type=int, default=2, help="validation images (EM: always 10; 2 are evaluated)")
@@ -412,9 +433,13 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     root = repo_root()
     work = Path(a.work) if Path(a.work).is_absolute() else root / a.work
-    if a.overview:
+    if a.overview or a.readme:
         done = [load(work / f"{p}.json") for p in PRESETS if (work / f"{p}.json").is_file()]
-        print(overview(done) if done else f"no rehearsal under {work}: run --preset first")
+        if not done:
+            raise SystemExit(f"no rehearsal under {work}: run --preset first")
+        print(overview(done))
+        if a.readme:
+            fill_readme(root / "README.md", done)
         return
     if not a.preset:
         ap.error("--preset is required (or --overview)")
