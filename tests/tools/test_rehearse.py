@@ -112,7 +112,7 @@ def test_the_rehearsal_measures_every_stage_of_the_real_pipeline(tmp_path):
     assert by[f"evaluate@deeplab-{seed}"].seconds is None and by[f"evaluate@deeplab-{seed}"].output_mb > 0
     assert by[f"interpret@deeplab-{seed}"] == next(s for s in back.stages if s.stage == f"interpret@deeplab-{seed}")
     assert all(by[s].seconds > 0 and by[s].output_mb > 0 for s in rest)
-    assert "1 stages before a resume not measured" in rehearse.table(again)
+    assert "1 stage before a resume not measured" in rehearse.table(again)
     assert rehearse.load(tmp_path / "em.json") == again
     assert "unmeasured" in rehearse.overview([again])
 

@@ -337,7 +337,8 @@ def _total(r: Rehearsal, short: bool = False) -> str:
             f"{sum(s.seconds for s in known) / 60:.1f} min; largest process {rss:.2f} GB")
     missing = len(r.stages) - len(known)
     if missing:
-        text += f" ({missing} stages before a resume not measured)" if not short else f" ({missing} stages unmeasured)"
+        n = f"{missing} stage{'s' if missing > 1 else ''}"
+        text += f" ({n} before a resume not measured)" if not short else f" ({n} unmeasured)"
     if not r.complete:
         text += f"; stopped after {len(r.stages)} stages" if not short else "; incomplete"
     return text
