@@ -148,3 +148,32 @@ def test_binarise_top_uses_each_maps_own_percentile():
     b = it.binarise_top(maps, 95.0)
     assert b[0].sum() == 5 and b[0].flatten()[-5:].all()
     assert b[1].sum() == 5 and b[1].flatten()[:5].all()
+
+
+def test_group_overlap_of_classes_past_the_uint8_range_of_c_times_groups(params):
+    """ADE20K / COCO-Stuff class ids (uint8 labels) times the groups per class passed 255 and wrapped: class 85's
+    groups (85·3 = 255 to 258) were an empty slice (a crash), class 90's another class's groups (270 → 14). The
+    overlap of each class present must be that of its own groups, computed here from the model directly."""
+    from scaleprotoseg.data.prepared import DatasetMeta
+    from scaleprotoseg.data.transforms import eval_transform
+
+    from .explain.tiny import tiny_model
+
+    K = 100
+    model, cfg = tiny_model(params, "scaleprotoseg_groups", K, seed=3)
+    G = model.group_head.groups
+    assert 86 * G > 255
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    label = np.full((40, 48), 10, np.uint8)
+    label[:, :16], label[:20, 16:32] = 85, 90
+    meta = DatasetMeta("many", tuple(f"c{k}" for k in range(K)), {"val": ("a",)})
+    ds = type("DS", (), {"meta": meta, "__len__": lambda self: 1, "sample": lambda self, i: (image, label)})()
+    names = [f"p{p}" for p in range(model.prototypes.num_prototypes)]
+    res = it.evaluate_interpretability(model, ds, cfg.data, torch.device("cpu"), seed=0, names=names)
+    x = eval_transform(image, cfg.data.eval_size, cfg.data.eval_short_side, cfg.data.mean, cfg.data.std)[None]
+    acts = model.group_head.group_activations(it.similarity_maps(model, x)[None])[0]
+    for c in (10, 85, 90):
+        I, U = it.pair_overlap(it.binarise_top(it.upsample(acts[c * G:(c + 1) * G], label.shape)))
+        assert res.overlap.loc[f"c{c}", "group overlap %"] == pytest.approx(100 * I / U)
+    assert np.isnan(res.overlap.loc["c11", "group overlap %"])

@@ -204,7 +204,7 @@ def evaluate_interpretability(model, dataset, data_cfg, device, seed: int, names
         groups = gh.group_activations(sim[None])[0] if gh is not None else None
         H, W = label.shape
         lab = torch.from_numpy(label).to(device)
-        for c in np.unique(label):
+        for c in np.unique(label).tolist():  # Python ints: c · G in a uint8 label's type wraps past class 85 (G = 3)
             if c == VOID or len(by_class[c]) == 0:
                 continue
             protos = by_class[c]

@@ -37,3 +37,16 @@ def test_summary_names_classes():
     cm = np.array([[3, 1], [0, 4]])
     s = summarise(cm, ["bg", "fg"])
     assert set(s["iou"]) == {"bg", "fg"} and np.isclose(s["miou"], (75 + 80) / 2) and np.isclose(s["pixel_accuracy"], 87.5)
+
+
+def test_confusion_matrix_of_uint8_labels_past_255_cells():
+    # 150 classes: target 100 · 150 + prediction would wrap in uint8; counted by hand instead.
+    K = 150
+    target = torch.tensor([[100, 149, 255], [3, 100, 0]], dtype=torch.uint8)
+    pred = torch.tensor([[100, 2, 7], [3, 120, 149]], dtype=torch.uint8)
+    cm = confusion_matrix(pred, target, K)
+    expected = torch.zeros(K, K, dtype=torch.int64)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            expected[t, p] += 1
+    assert torch.equal(cm, expected) and cm.sum() == 5

@@ -15,7 +15,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     """(K, K) int64 counts for any-shaped `pred`/`target` of class indices; void targets ignored."""
     pred, target = pred.reshape(-1), target.reshape(-1)
     keep = target != void
-    idx = target[keep] * num_classes + pred[keep]
+    idx = target[keep].long() * num_classes + pred[keep].long()  # a uint8 label times K would wrap past 255
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

@@ -12,7 +12,8 @@ For each preset, under `rehearsal/<preset>/` (git-ignored; replaced by the next 
    of `COUNTS` (each training phase one optimiser update: `accumulation` mini-batches; validation, evaluation
    and the interpretability figures on a couple of images); the ResNet-101 trunk loads ImageNet-layout
    weights from a file, random ones written by the rehearsal (no network), through `model.pretrained_path`;
-4. every DVC stage, one `dvc repro <stage>` at a time in the pipeline's order, each measured: wall time,
+4. every DVC stage, one `dvc repro --single-item <stage>` at a time in the pipeline's order (so a measurement is
+   of that stage alone, also when a resumed copy holds stale upstream outputs), each measured: wall time,
    peak resident memory of its largest process (the kernel, torchrun's workers: `wait4`'s `ru_maxrss`),
    peak memory of all its processes together (proportional set size, sampled every second, so shared pages
    count once), peak GPU memory (`torch.cuda.max_memory_allocated` of each process, on a GPU), and the size
@@ -289,7 +290,7 @@ def _run_stages(base: Path, preset: str, result: Rehearsal, work: Path, env: dic
             print(f"[rehearse {preset}] {stage} …", flush=True)
             log.write(f"\n===== {stage}\n")
             log.flush()
-            seconds, rss, pss, code = measured([str(bin_dir / "dvc"), "repro", stage], repo, env, log)
+            seconds, rss, pss, code = measured([str(bin_dir / "dvc"), "repro", "--single-item", stage], repo, env, log)
             if code != 0:
                 tail = log_path.read_text()[-4000:]
                 raise SystemExit(f"rehearsal of {preset}: stage {stage} failed (exit {code}); the end of {log_path}:\n{tail}")
