@@ -320,6 +320,65 @@ def test_a_click_in_headless_chromium_shows_the_pixels_class_and_winner(tmp_path
         print(f"explorer screenshot: {shot}")
 
 
+def _unrle(runs) -> np.ndarray:
+    return np.repeat(np.asarray(runs[0::2]), np.asarray(runs[1::2]))
+
+
+def test_maps_are_stored_for_the_classes_with_most_pixels_only(tmp_path, tiny_dataset, tiny_cfg, monkeypatch):
+    """Past MAP_CLASSES predicted classes in an image (an untrained model predicts a hundred of ADE20K's 150) only
+    the classes with the most pixels keep activation and saliency maps; the others keep their prototype list."""
+    from scaleprotoseg.explain import explorer
+
+    val = PreparedDataset(tiny_dataset, "val")
+    model = _model(tiny_cfg, val, grouped=True)
+    monkeypatch.setattr(explorer, "MAP_CLASSES", 1)
+    asked = []
+
+    def saliency(x, classes):
+        asked.append(list(classes))
+        return torch.stack([x[0, 0] * (c + 1) for c in classes])
+
+    _, text = _write(tmp_path, model, val, tiny_cfg, saliency)
+    data = _data(text)
+    assert data["mapClasses"] == 1
+    several = 0
+    for rec, wanted in zip(data["images"], asked):
+        pred = _unrle(rec["pred"])
+        counts = np.bincount(pred, minlength=len(CLASSES))
+        top = min(np.flatnonzero(counts == counts.max()))  # most pixels, the lower id on a tie
+        assert wanted == [top] and list(rec["saliency"]) == [str(top)]
+        for c, e in rec["perClass"].items():
+            assert e["maps"] == (int(c) == top)
+            assert ("groupMaps" in e) == ("data" in e) == (int(c) == top)
+            assert e["protos"]  # the list, which the panel's cards need, is kept
+        several += len(rec["perClass"]) > 1
+    assert several  # some image predicts more than one class, so the cap was exercised
+
+
+@pytest.mark.slow  # headless Chromium
+def test_a_click_on_a_class_without_stored_maps_says_so(tmp_path, tiny_dataset, tiny_cfg, monkeypatch):
+    from scaleprotoseg.explain import explorer
+
+    browser = _browser()
+    val = PreparedDataset(tiny_dataset, "val")
+    model = _model(tiny_cfg, val, grouped=True)
+    monkeypatch.setattr(explorer, "MAP_CLASSES", 1)
+    _, text = _write(tmp_path, model, val, tiny_cfg)
+    rec = _data(text)["images"][IMAGE]
+    pred = _unrle(rec["pred"]).reshape(rec["H"], rec["W"])
+    bare = [int(c) for c, e in rec["perClass"].items() if not e["maps"]]
+    assert bare, "the model predicts one class only in this image"
+    for c, stored in ((bare[0], "0"), (next(int(c) for c, e in rec["perClass"].items() if e["maps"]), "1")):
+        y, x = map(int, np.argwhere(pred == c)[0])
+        dom = _chromium(browser, tmp_path, (tmp_path / "explorer.html").as_uri() + f"#image={IMAGE}&x={x}&y={y}", "--dump-dom")
+        tags = _tags(dom)
+        assert ("body", {"data-ready": "1"}) in tags, dom[-3000:]
+        panel = next(a for t, a in tags if a.get("id") == "panel")
+        assert (panel["data-state"], panel["data-class"], panel["data-maps"]) == ("pixel", str(c), stored)
+        assert any("data-maps-note" in a for t, a in tags) == (stored == "0")
+        assert panel["data-prototypes"]  # the winning group's prototypes are listed either way
+
+
 def test_large_feature_grids_are_stored_as_block_means(tmp_path, tiny_dataset, tiny_cfg, monkeypatch):
     """A grid above MAP_SIDE (Cityscapes' 128 × 256) is stored averaged over blocks of cells: here the tiny
     grid with MAP_SIDE = half its side, against a naive mean of each 2 × 2 block of the model's own maps."""

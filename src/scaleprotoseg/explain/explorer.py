@@ -17,7 +17,8 @@ What is stored, to keep the page small: images as PNG data URLs (downscaled for 
 label resolution, run-length encoded (they are piecewise constant, and decide the panel exactly as Python
 does); activation maps at feature resolution (up to `MAP_SIDE` cells a side; a larger grid, such as
 Cityscapes' at 1024 × 2048, is averaged over blocks of cells), quantised to uint8 per map (min/max kept), only
-for the classes predicted in the image, and upsampled by the browser's canvas.
+for the classes predicted in the image (at most `MAP_CLASSES` of them, those with the most pixels), and
+upsampled by the browser's canvas.
 
 Test hook: a URL ending in `#image=2&x=10&y=20` opens image 2 and dispatches a click on label pixel
 (x=10, y=20) through the canvas's click listener (the path of a real click; pixel-exact while the image is
@@ -50,6 +51,12 @@ SALIENCY_SIDE = 64  # saliency maps are smooth: stored at most this many pixels 
 # cells (area): Cityscapes' 128 × 256 grid at 64 × 128, so a 20-image page of a model predicting ~15 classes
 # per image is ~40 MB, not ~160 MB; Pascal's and ADE20K's grids (≤ 86 a side) are stored whole.
 MAP_SIDE = 128
+# Activation and saliency maps are stored for at most this many predicted classes per image, those with the most
+# pixels; the others keep their prediction, winner and prototype list, the panel saying their maps are not
+# stored. A trained model predicts ~5–20 classes in an image; a model early in training (or the rehearsal's)
+# can predict a hundred of ADE20K's 150, which made a 2-image page 24 MB (~240 MB at 20 images) and its
+# Grad-CAM maps, one backward pass each, most of the interpret stage's time.
+MAP_CLASSES = 16
 
 
 def write_explorer(path, model, dataset, data_cfg, device, classes, names, patches=None, boxes=None,
@@ -77,6 +84,7 @@ def write_explorer(path, model, dataset, data_cfg, device, classes, names, patch
         "classes": list(map(str, classes)),
         "colours": ["#" + "".join(f"{round(255 * v):02x}" for v in rgb) for rgb in class_palette(len(classes))],
         "saliencyLabel": str(saliency_label),
+        "mapClasses": MAP_CLASSES,
         "hasSaliency": saliency is not None,
         "scaleLabels": [str(v) for v in (scale_labels if scale_labels is not None else _scale_labels(model))],
         "grouped": gh is not None,
@@ -173,12 +181,15 @@ def _image_record(model, dataset, i, data_cfg, device, used, saliency, display_s
     groups = gh.group_activations(sim[None])[0] if gh is not None else None  # (K·G, h, w)
     sim, groups = _stored(sim), _stored(groups)  # what the page shows: at most MAP_SIDE cells a side
     per_class = {}
-    for c in np.unique(pred).tolist():
+    counts = np.bincount(pred.ravel(), minlength=model.num_classes)
+    present = np.flatnonzero(counts).tolist()
+    mapped = set(sorted(present, key=lambda c: (-counts[c], c))[:MAP_CLASSES])  # the most pixels first
+    for c in present:
         protos = np.flatnonzero((proto_class == c) & used)
-        entry = {"protos": protos.tolist()}
-        if len(protos):
+        entry = {"protos": protos.tolist(), "maps": c in mapped}
+        if c in mapped and len(protos):
             entry.update(quantise(sim[torch.as_tensor(protos, device=sim.device)]))
-        if gh is not None:
+        if c in mapped and gh is not None:
             G = gh.groups
             entry["groupMaps"] = quantise(groups[c * G:(c + 1) * G])
         per_class[str(c)] = entry
@@ -188,13 +199,13 @@ def _image_record(model, dataset, i, data_cfg, device, used, saliency, display_s
         "png": _png(_display_image(image, display_side)),
         "pred": run_lengths(pred), "truth": run_lengths(label), "win": run_lengths(win), "perClass": per_class,
     }
+    wanted = sorted(mapped)
     if callable(saliency):
-        wanted = np.unique(pred).tolist()
         with torch.enable_grad():  # Grad-CAM needs gradients (this function runs under no_grad)
             maps = saliency(x, wanted)
         saliency = dict(zip(wanted, torch.as_tensor(maps).detach().cpu().numpy()))
     if saliency is not None:
-        record["saliency"] = _saliency(saliency, np.unique(pred).tolist(), model.num_classes, i)
+        record["saliency"] = _saliency(saliency, wanted, model.num_classes, i)
     return record
 
 

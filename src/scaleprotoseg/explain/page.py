@@ -202,11 +202,13 @@ function showPixel(x, y) {
   const kids = [el("h2", {}, `Pixel (x ${x}, y ${y}) of ${r.id}: predicted `, swatch(c), " " + className(c)),
     el("div", {}, "ground truth: ", swatch(t), " " + className(t))];
   let shown = [];
+  const stored = e.maps !== false;
+  if (!stored) kids.push(el("p", {cls: "note", "data-maps-note": "1", text: `Activation maps not stored: ${className(c)} is not among the ${D.mapClasses} predicted classes with the most pixels in this image.`}));
   if (D.grouped) {
     const G = D.groups, groups = D.classHead[c];
     kids.push(el("h3", {text: `Winning group: group ${w} of ${className(c)} (largest group activation × own-class head weight ${groups[w].head.toFixed(3)})`}));
     const row = el("div", {cls: "cards"});
-    for (let g = 0; g < G; g++) {
+    for (let g = 0; g < (stored ? G : 0); g++) {
       const a = valueAt(q.groups, e.groupMaps, g, x, y, rec, r.fh, r.fw);
       row.append(el("div", {cls: "card" + (g === w ? " win" : ""), "data-group": g}, overlay(rec, heat(q.groups, g, r.fw, r.fh), x, y),
         el("div", {text: `group ${g}${g === w ? " (winner)" : ""}: activation ≈ ${a.toFixed(3)}, head ${groups[g].head.toFixed(3)}`})));
@@ -223,7 +225,7 @@ function showPixel(x, y) {
   }
   const cards = el("div", {cls: "cards"});
   for (const [p, label] of shown) {
-    const j = e.protos.indexOf(p);
+    const j = stored ? e.protos.indexOf(p) : -1;
     const act = j < 0 ? null : valueAt(q.protos, e, j, x, y, rec, r.fh, r.fw);
     cards.append(el("div", {cls: "card" + (p === w && !D.grouped ? " win" : ""), "data-prototype": p},
       el("div", {cls: "pair"}, patch(p), j < 0 ? null : overlay(rec, heat(q.protos, j, r.fw, r.fh), x, y, 120)),
@@ -237,7 +239,7 @@ function showPixel(x, y) {
   else kids.push(el("p", {cls: "note", text: D.hasSaliency ? `No ${D.saliencyLabel} map of ${className(c)} for this image.` : `No ${D.saliencyLabel} maps were given.`}));
   panel.replaceChildren(...kids);
   Object.assign(panel.dataset, {state: "pixel", image: rec.i, x, y, class: c, className: className(c), truth: t,
-    group: D.grouped ? w : "", prototype: D.grouped ? "" : w, prototypes: shown.map(s => s[0]).join(","), gradcam: sal ? "1" : "0"});
+    group: D.grouped ? w : "", prototype: D.grouped ? "" : w, maps: stored ? "1" : "0", prototypes: shown.map(s => s[0]).join(","), gradcam: sal ? "1" : "0"});
 }
 
 // --- the gallery --------------------------------------------------------------------------------
