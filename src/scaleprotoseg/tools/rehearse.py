@@ -238,12 +238,15 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "MPLBACKEND": "Agg",
            "SCALEPROTOSEG_GPU_PEAKS": str(base / "gpu_peaks.txt")}
     env.pop("PYTHONPATH", None)
+
+    def new():
+        return Rehearsal(preset, device_name(), tuple(size or SIZES[preset]), n_train, n_val if preset != "em" else 10)
+
     if resume:
         if not (base / "repo" / "params.yaml").is_file():
             raise SystemExit(f"--resume: no rehearsal of {preset} to go on with under {base}; run without --resume")
-        return _run_stages(base, preset, load(work / f"{preset}.json") if (work / f"{preset}.json").is_file() else
-                           Rehearsal(preset, device_name(), tuple(size or SIZES[preset]), n_train,
-                                     n_val if preset != "em" else 10), work, env, resumed=True)
+        record = work / f"{preset}.json"
+        return _run_stages(base, preset, load(record) if record.is_file() else new(), work, env, resumed=True)
     if base.exists():
         shutil.rmtree(base)
     repo = copy_repository(source, base / "repo")
@@ -260,9 +263,8 @@ def rehearse(preset: str, work: Path, n_train: int = 8, n_val: int = 2, seed: in
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.email=r@r", "-c", "user.name=r", "commit", "-qm", "rehearsal"]):
         subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True)
-    result = Rehearsal(preset, device_name(), tuple(size or SIZES[preset]), n_train, n_val if preset != "em" else 10)
     (work / f"{preset}.json").unlink(missing_ok=True)
-    return _run_stages(base, preset, result, work, env)
+    return _run_stages(base, preset, new(), work, env)
 
 
 def _run_stages(base: Path, preset: str, result: Rehearsal, work: Path, env: dict, resumed: bool = False) -> Rehearsal:
