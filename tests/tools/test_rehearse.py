@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -96,8 +97,8 @@ def test_the_rehearsal_measures_every_stage_of_the_real_pipeline(tmp_path):
     cut_at = names.index(f"interpret@deeplab-{seed}") + 1
     kept, rest = names[:cut_at], names[cut_at:]
     assert rest  # package, report
-    cut = rehearse.Rehearsal(**{**rehearse.asdict(back), "complete": False, "stages": [
-        rehearse.StageRun(**s) for s in rehearse.asdict(back)["stages"]
+    cut = rehearse.Rehearsal(**{**asdict(back), "complete": False, "stages": [
+        rehearse.StageRun(**s) for s in asdict(back)["stages"]
         if s["stage"] in kept and not s["stage"].startswith("evaluate@")]})
     rehearse.save(cut, tmp_path)
     assert "stopped after" in rehearse.table(rehearse.load(tmp_path / "em.json"))
