@@ -118,3 +118,34 @@ def test_notebooks_run_the_pascal_layout_like_dvc_does(tmp_path, params):
     assert params["dataset"] == "pascal" and params["method"] == m  # the run's params through DVCLive
     usage = json.loads((rep / "interpret" / m / "dvclive" / "plots" / "custom" / "scale_usage.json").read_text())
     assert abs(sum(r["share %"] for r in usage) - 100) < 1e-3
+
+
+def test_the_preview_shrinks_each_tile_and_keeps_the_masks_colours(tiny_dataset, monkeypatch):
+    """Tiles above PREVIEW_SIDE are shrunk (Cityscapes' full-size grid was 48 MB in the notebook); at or below it
+    the preview is the samples at their own size, as a naive grid built here."""
+    from skimage.color import label2rgb
+
+    from scaleprotoseg.data.prepared import VOID
+    from scaleprotoseg.stages import prepare
+
+    ds = PreparedDataset(tiny_dataset, "train")
+    full = np.asarray(prepare.dataset_preview(tiny_dataset, "train", n=3, seed=1))
+    idx = np.sort(np.random.default_rng(1).choice(len(ds), size=3, replace=False))
+    pad = [(0, 0), (0, 4), (0, 0)]
+    naive = np.concatenate([
+        np.concatenate([np.pad(ds.image(i), pad, constant_values=255) for i in idx], 1),
+        np.concatenate([np.pad((255 * label2rgb(ds.label(i), bg_label=VOID, bg_color=(0, 0, 0))).astype(np.uint8),
+                               pad, constant_values=255) for i in idx], 1),
+        np.concatenate([np.pad((255 * label2rgb(ds.parts(i), bg_label=0, bg_color=(1, 1, 1))).astype(np.uint8),
+                               pad, constant_values=255) for i in idx], 1)], 0)
+    assert np.array_equal(full, naive)
+
+    h, w = ds.image(idx[0]).shape[:2]
+    side = max(h, w) // 3
+    monkeypatch.setattr(prepare, "PREVIEW_SIDE", side)
+    small = np.asarray(prepare.dataset_preview(tiny_dataset, "train", n=3, seed=1))
+    th, tw = round(h * side / max(h, w)), round(w * side / max(h, w))
+    assert small.shape == (3 * th, 3 * (tw + 4), 3)
+    for row in (1, 2):  # the masks: nearest, so no colour that the full-size masks lack
+        colours = lambda a: {tuple(v) for v in a.reshape(-1, 3)}  # noqa: E731
+        assert colours(small[row * th:(row + 1) * th]) <= colours(full[row * h:(row + 1) * h])

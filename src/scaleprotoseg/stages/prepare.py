@@ -63,22 +63,37 @@ def prepare_dataset(params: dict, dataset: str, root: Path, progress: bool = Fal
     return res.meta
 
 
+# Each tile of the preview at most this many pixels a side: at Cityscapes' 1024 × 2048 the full-size grid of 6
+# samples was a 37-megapixel image, 48 MB in the executed notebook.
+PREVIEW_SIDE = 512
+
+
 def dataset_preview(root: Path, split: str = "train", n: int = 6, seed: int = 0) -> Image.Image:
     """`n` seeded samples side by side: the images, their class masks (void black) and, when the dataset has
-    parts, the part masks (index of the part within its class; white where none). Drawn with scikit-image,
-    not the figure module, so that editing figures never re-runs data preparation."""
+    parts, the part masks (index of the part within its class; white where none); each tile shrunk to at most
+    `PREVIEW_SIDE` a side (the image bilinear, the masks nearest, so their colours stay theirs). Drawn with
+    scikit-image, not the figure module, so that editing figures never re-runs data preparation."""
     ds = PreparedDataset(root, split)
     idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False))
-    h = max(ds.image(i).shape[0] for i in idx)
+
+    def shrink(a, resample):
+        scale = PREVIEW_SIDE / max(a.shape[:2])
+        if scale >= 1:
+            return a
+        size = (max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale)))
+        return np.asarray(Image.fromarray(a).resize(size, resample))
+
+    rows = [[shrink(ds.image(i), Image.BILINEAR) for i in idx],
+            [shrink((255 * label2rgb(ds.label(i), bg_label=VOID, bg_color=(0, 0, 0))).astype(np.uint8), Image.NEAREST)
+             for i in idx]]
+    if ds.meta.has_parts:
+        rows.append([shrink((255 * label2rgb(ds.parts(i), bg_label=0, bg_color=(1, 1, 1))).astype(np.uint8),
+                            Image.NEAREST) for i in idx])
+    h = max(a.shape[0] for a in rows[0])
 
     def fit(a):  # pad to a common height, and a white gutter
-        a = np.pad(a, ((0, h - a.shape[0]), (0, 4), (0, 0)), constant_values=255)
-        return a
+        return np.pad(a, ((0, h - a.shape[0]), (0, 4), (0, 0)), constant_values=255)
 
-    rows = [[ds.image(i) for i in idx],
-            [(255 * label2rgb(ds.label(i), bg_label=VOID, bg_color=(0, 0, 0))).astype(np.uint8) for i in idx]]
-    if ds.meta.has_parts:
-        rows.append([(255 * label2rgb(ds.parts(i), bg_label=0, bg_color=(1, 1, 1))).astype(np.uint8) for i in idx])
     grid = np.concatenate([np.concatenate([fit(a) for a in row], 1) for row in rows], 0)
     return Image.fromarray(grid)
 
