@@ -167,12 +167,12 @@ def markdown(rows: list[dict]) -> str:
 
 
 def small_trunk(preset: str, method: str = "scaleprotoseg") -> dict:
-    """Overrides for the tests' tiny model (`stages.smoke.shrink`) at the preset's image sizes, keeping the
-    counts this measurement sets and the preset's loader workers."""
+    """Overrides for the tests' tiny model (`stages.sizes.shrink`) at the preset's image sizes, leaving the
+    counts this measurement sets and the preset's loader workers as they are."""
     from ..stages.sizes import shrink  # not smoke: this process must not import torch (measure.py)
 
-    keep = ("_steps", "val_images", "log_every", "n_examples", "num_workers")
-    return {k: v for k, v in shrink(preset, methods=(method,)).items() if not k.endswith(keep)}
+    left = ("_steps", "val_images", "log_every", "n_examples", "num_workers")
+    return {k: v for k, v in shrink(preset, methods=(method,)).items() if not k.endswith(left)}
 
 
 def render(rows: list[dict], preset: str, method: str, out: Path, name: str | None = None) -> None:
